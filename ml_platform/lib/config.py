@@ -1,0 +1,241 @@
+"""The platform's configuration: a pydantic schema, loaded from YAML and validated as a whole.
+
+One `PlatformConfig` describes the data set (where batches arrive, the target, the task and the
+data contract), the training split, the candidate models with their hyperparameters, how the
+champion is chosen, and where MLflow records runs. Every error names the key that is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+
+Task = Literal["classification", "regression"]
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a typo in a config must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- data contract
+
+
+class ColumnSpec(StrictModel):
+    type: Literal["string", "integer", "float", "category", "boolean"]
+    nullable: bool = True
+    allowed: list[str] | None = None
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _allowed_only_for_categories(self) -> ColumnSpec:
+        if self.allowed is not None and self.type != "category":
+            raise ValueError("'allowed' is only valid for columns of type 'category'")
+        if self.type == "category" and not self.allowed:
+            raise ValueError("a 'category' column needs a non-empty 'allowed' list")
+        if (self.min is not None or self.max is not None) and self.type not in ("integer", "float"):
+            raise ValueError("'min'/'max' are only valid for 'integer' and 'float' columns")
+        return self
+
+
+class DataConfig(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    incoming_dir: str = "data/incoming"
+    file_format: Literal["csv", "parquet"] = "csv"
+    task: Task
+    target: str
+    id_column: str
+    columns: dict[str, ColumnSpec]
+
+    @model_validator(mode="after")
+    def _target_and_id_are_columns(self) -> DataConfig:
+        for role in ("target", "id_column"):
+            name = getattr(self, role)
+            if name not in self.columns:
+                raise ValueError(f"{role} {name!r} is not one of the contract's columns")
+        target = self.columns[self.target]
+        if self.task == "regression" and target.type not in ("integer", "float"):
+            raise ValueError(f"a regression target must be integer or float, {self.target!r} is {target.type}")
+        if target.nullable:
+            raise ValueError(f"the target {self.target!r} must be declared nullable: false")
+        return self
+
+    @property
+    def feature_columns(self) -> list[str]:
+        return [c for c in self.columns if c not in (self.target, self.id_column)]
+
+
+# ---------------------------------------------------------------- models
+
+
+class RandomForestParams(StrictModel):
+    n_estimators: PositiveInt = 200
+    max_depth: PositiveInt | None = None
+    min_samples_leaf: PositiveInt = 1
+    max_features: Literal["sqrt", "log2"] | float | None = "sqrt"
+    n_jobs: int | None = None
+
+
+class GradientBoostingParams(StrictModel):
+    """scikit-learn's histogram gradient boosting: the one that scales to a million rows."""
+
+    # `n_estimators` is accepted too: it is the name people know from other boosting libraries.
+    max_iter: PositiveInt = Field(200, validation_alias=AliasChoices("max_iter", "n_estimators"))
+    learning_rate: Annotated[float, Field(gt=0)] = 0.1
+    max_depth: PositiveInt | None = None
+    max_leaf_nodes: PositiveInt | None = 31
+    l2_regularization: Annotated[float, Field(ge=0)] = 0.0
+
+
+class LogisticRegressionParams(StrictModel):
+    C: Annotated[float, Field(gt=0)] = 1.0
+    max_iter: PositiveInt = 1000
+    class_weight: Literal["balanced"] | None = None
+
+
+class RidgeParams(StrictModel):
+    alpha: Annotated[float, Field(ge=0)] = 1.0
+
+
+PARAMS_BY_MODEL_TYPE: dict[str, type[StrictModel]] = {
+    "random_forest": RandomForestParams,
+    "gradient_boosting": GradientBoostingParams,
+    "logistic_regression": LogisticRegressionParams,
+    "ridge": RidgeParams,
+}
+MODEL_TYPES_BY_TASK: dict[str, tuple[str, ...]] = {
+    "classification": ("random_forest", "gradient_boosting", "logistic_regression"),
+    "regression": ("ridge", "random_forest", "gradient_boosting"),
+}
+
+
+class ModelSpec(StrictModel):
+    type: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_type_and_params(self) -> ModelSpec:
+        if self.type not in PARAMS_BY_MODEL_TYPE:
+            raise ValueError(
+                f"unknown model type {self.type!r}; allowed: {', '.join(sorted(PARAMS_BY_MODEL_TYPE))}"
+            )
+        try:
+            validate_model_params(self.type, self.params)
+        except ValidationError as error:
+            raise ValueError(f"params of {self.type}: {format_validation_error(error)}") from None
+        return self
+
+
+def validate_model_params(model_type: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The params with defaults filled in; raises ValueError naming a bad key."""
+    return PARAMS_BY_MODEL_TYPE[model_type].model_validate(params).model_dump()
+
+
+# ---------------------------------------------------------------- training, promotion, tracking
+
+
+class TrainingConfig(StrictModel):
+    test_size: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    window: Literal["batch", "cumulative"] = "batch"
+    random_state: int = 42
+
+
+class PromotionConfig(StrictModel):
+    primary_metric: str | None = None
+    min_improvement: Annotated[float, Field(ge=0)] = 0.0
+    registered_model_name: str | None = None
+
+
+class TrackingConfig(StrictModel):
+    tracking_uri: str | None = None
+    experiment_name: str | None = None
+
+
+CLASSIFICATION_METRICS = {"f1": "max", "roc_auc": "max", "precision": "max", "recall": "max", "accuracy": "max"}
+REGRESSION_METRICS = {"rmse": "min", "mae": "min", "r2": "max"}
+METRIC_DIRECTIONS = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
+DEFAULT_PRIMARY_METRIC = {"classification": "roc_auc", "regression": "rmse"}
+
+
+class PlatformConfig(StrictModel):
+    seed: int = 42
+    data: DataConfig
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    models: dict[str, ModelSpec]
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _models_fit_the_task(self) -> PlatformConfig:
+        if not self.models:
+            raise ValueError("'models' must name at least one model")
+        allowed = MODEL_TYPES_BY_TASK[self.data.task]
+        for name, spec in self.models.items():
+            if not name.isidentifier():
+                raise ValueError(f"model name {name!r} must be a Python identifier (it names an asset)")
+            if spec.type not in allowed:
+                raise ValueError(
+                    f"models.{name}: type {spec.type!r} does not fit task {self.data.task!r}; allowed: {', '.join(allowed)}"
+                )
+        metrics = METRIC_DIRECTIONS[self.data.task]
+        if self.promotion.primary_metric is None:
+            self.promotion.primary_metric = DEFAULT_PRIMARY_METRIC[self.data.task]
+        if self.promotion.primary_metric not in metrics:
+            raise ValueError(
+                f"promotion.primary_metric {self.promotion.primary_metric!r} is not a {self.data.task} metric; "
+                f"allowed: {', '.join(metrics)}"
+            )
+        if self.promotion.registered_model_name is None:
+            self.promotion.registered_model_name = f"{self.data.name}_{self.data.task}"
+        if self.tracking.experiment_name is None:
+            self.tracking.experiment_name = f"ml_platform/{self.data.name}"
+        return self
+
+    @property
+    def primary_metric_mode(self) -> str:
+        return METRIC_DIRECTIONS[self.data.task][self.promotion.primary_metric]
+
+    def config_hash(self) -> str:
+        """A short, stable fingerprint of the resolved config, recorded with every model."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file and the key."""
+
+
+def load_config(path: Path) -> PlatformConfig:
+    """Read and validate a platform config; every problem is reported with its key path."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        # OmegaConf resolves interpolations such as `random_state: ${seed}`.
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except (yaml.YAMLError, OmegaConfBaseException) as error:
+        raise ConfigError(f"{path}: {' '.join(str(error).split())}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return PlatformConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"{path}: {format_validation_error(error)}") from None
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """Pydantic's errors as `key.path: message` lines, one per problem."""
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{key}: {message}")
+    return "; ".join(lines)
