@@ -1,0 +1,8 @@
+"""The `ml_platform` code location: the default config, from the environment's settings."""
+
+from ml_platform.defs import build_definitions
+from ml_platform.lib.config import load_config
+from ml_platform.lib.settings import Settings
+
+settings = Settings.from_env()
+defs = build_definitions(load_config(settings.config_path), settings)

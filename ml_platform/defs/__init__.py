@@ -1,0 +1,47 @@
+"""Dagster wiring: one folder per stage of the pipeline, assembled by `build_definitions`."""
+
+import sys
+from pathlib import Path
+
+import dagster as dg
+from dagster_dbt import DbtCliResource
+
+from ml_platform.defs.evaluation.assets import build_evaluation_assets
+from ml_platform.defs.features.assets import DBT_PROJECT, build_feature_assets
+from ml_platform.defs.ingestion.assets import build_ingestion_assets
+from ml_platform.defs.jobs import batch_pipeline_job
+from ml_platform.defs.training.assets import build_training_assets
+from ml_platform.lib.config import PlatformConfig
+from ml_platform.lib.settings import Settings
+from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
+from ml_platform.resources.reports import ReportsResource
+from ml_platform.resources.warehouse import WarehouseResource
+
+
+def build_definitions(config: PlatformConfig, settings: Settings) -> dg.Definitions:
+    """Every asset, check, job and resource of the platform for one config and one home."""
+    return dg.Definitions(
+        assets=[
+            *build_ingestion_assets(config),
+            *build_feature_assets(config),
+            *build_training_assets(config),
+            *build_evaluation_assets(config),
+        ],
+        jobs=[batch_pipeline_job],
+        resources={
+            "warehouse": WarehouseResource(
+                incoming_dir=str(settings.incoming_dir(config)), warehouse_dir=str(settings.warehouse_dir)
+            ),
+            "dbt": DbtCliResource(
+                project_dir=DBT_PROJECT,
+                # dagster-dbt looks for `dbt` on PATH, which a bare `.venv/bin/dagster` lacks.
+                dbt_executable=str(Path(sys.executable).parent / "dbt"),
+            ),
+            "mlflow": MlflowTrackingResource(
+                tracking_uri=settings.tracking_uri(config),
+                artifact_location=str(settings.mlflow_dir / "artifacts"),
+                experiment_name=config.tracking.experiment_name,
+            ),
+            "reports": ReportsResource(reports_dir=str(settings.reports_dir)),
+        },
+    )

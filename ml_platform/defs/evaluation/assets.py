@@ -1,0 +1,107 @@
+"""Evaluation: the report comparing every candidate, and the champion in the Model Registry."""
+
+import dagster as dg
+
+from ml_platform.defs.partitions import batch_partitions
+from ml_platform.defs.training.assets import TrainedCandidate, TrainingData
+from ml_platform.lib.config import PlatformConfig
+from ml_platform.lib.evaluation import decide_promotion, metrics_table_markdown, pick_winner, score
+from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
+from ml_platform.resources.reports import ReportsResource
+
+
+def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
+    task = config.data.task
+    metric = config.promotion.primary_metric
+    mode = config.primary_metric_mode
+    model_assets = {f"{name}_model": dg.AssetIn(key=f"{name}_model") for name in config.models}
+
+    @dg.asset(
+        partitions_def=batch_partitions,
+        group_name="evaluation",
+        ins=model_assets,
+        code_version="1",
+        description=f"Every candidate scored on the held-out split; the winner by {metric} ({mode}).",
+    )
+    def evaluation_report(
+        context: dg.AssetExecutionContext, reports: ReportsResource, **candidates: TrainedCandidate
+    ) -> dg.Output[dict]:
+        scores = {candidate.name: candidate.metrics for candidate in candidates.values()}
+        winner = pick_winner(scores, metric, mode)
+        table = metrics_table_markdown(scores, task, winner)
+        report = {
+            "batch": context.partition_key,
+            "task": task,
+            "primary_metric": metric,
+            "mode": mode,
+            "winner": winner,
+            "candidates": {
+                c.name: {"model_type": c.model_type, "metrics": c.metrics, "params": c.params,
+                         "mlflow_run_id": c.run_id, "model_uri": c.model_uri}
+                for c in candidates.values()
+            },
+        }
+        path = reports.write_json(context.partition_key, "evaluation_report", report)
+        return dg.Output(
+            report,
+            metadata={
+                "winner": winner,
+                f"winner_{metric}": dg.MetadataValue.float(scores[winner][metric]),
+                "metrics": dg.MetadataValue.md(table),
+                "report_file": dg.MetadataValue.path(str(path)),
+            },
+        )
+
+    @dg.asset(
+        partitions_def=batch_partitions,
+        group_name="evaluation",
+        kinds={"mlflow"},
+        code_version="1",
+        description="The batch's winner registered in the MLflow Model Registry: alias `champion` if it beats "
+        "the current champion on this batch's held-out data by the configured margin, else `challenger`.",
+    )
+    def champion_model(
+        context: dg.AssetExecutionContext,
+        evaluation_report: dict,
+        training_data: TrainingData,
+        mlflow: MlflowTrackingResource,
+    ) -> dg.MaterializeResult:
+        model_name = config.promotion.registered_model_name
+        winner = evaluation_report["candidates"][evaluation_report["winner"]]
+        challenger_score = winner["metrics"][metric]
+        incumbent = mlflow.champion_version(model_name)
+        champion_score = None
+        if incumbent is not None:
+            split = training_data.split
+            champion = mlflow.load_model(f"models:/{model_name}@champion")
+            champion_score = score(task, champion, split.x_test, split.y_test)[metric]
+        decision = decide_promotion(metric, mode, config.promotion.min_improvement, challenger_score, champion_score)
+        version = mlflow.register(
+            model_name,
+            winner["model_uri"],
+            winner["mlflow_run_id"],
+            alias=decision.alias,
+            tags={
+                "batch": context.partition_key,
+                "model_name": evaluation_report["winner"],
+                metric: f"{challenger_score:.6f}",
+                "promotion_reason": decision.reason,
+                "dagster.run_id": context.run_id,
+            },
+        )
+        context.log.info(f"{model_name} v{version} is {decision.alias}: {decision.reason}")
+        current = version if decision.alias == "champion" else incumbent.version
+        return dg.MaterializeResult(
+            metadata={
+                "registered_model": model_name,
+                "version": version,
+                "alias": decision.alias,
+                "reason": decision.reason,
+                "champion_version": str(current),
+                f"challenger_{metric}": dg.MetadataValue.float(challenger_score),
+                **({f"previous_champion_{metric}": dg.MetadataValue.float(champion_score)} if champion_score is not None else {}),
+                "mlflow_run_id": winner["mlflow_run_id"],
+            }
+        )
+
+    return [evaluation_report, champion_model]

@@ -1,0 +1,58 @@
+"""Features: the dbt project over each batch's DuckDB database, as partitioned assets.
+
+dbt tests become asset checks. Each run passes the batch id and the warehouse folder as dbt
+vars, and the dbt profile opens that batch's own database file.
+"""
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+
+from ml_platform.defs.partitions import batch_partitions
+from ml_platform.lib.config import PlatformConfig
+from ml_platform.resources.warehouse import WarehouseResource
+
+DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
+DBT_PROJECT = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
+
+
+class FeaturesTranslator(DagsterDbtTranslator):
+    def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str:
+        return "features"
+
+
+def dbt_vars(config: PlatformConfig, batch_id: str, warehouse_dir: str) -> dict[str, str]:
+    """The vars that point one dbt invocation at one batch's database and data set."""
+    return {
+        "batch_id": batch_id,
+        "warehouse_dir": warehouse_dir,
+        "dataset": config.data.name,
+        "id_column": config.data.id_column,
+        "target_column": config.data.target,
+    }
+
+
+def build_feature_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
+    if not DBT_PROJECT.manifest_path.exists():
+        raise FileNotFoundError(
+            f"dbt manifest not found at {DBT_PROJECT.manifest_path}; run `make prepare` "
+            "(dbt parse) before loading the definitions"
+        )
+
+    @dbt_assets(
+        manifest=DBT_PROJECT.manifest_path,
+        project=DBT_PROJECT,
+        partitions_def=batch_partitions,
+        dagster_dbt_translator=FeaturesTranslator(),
+        name="dbt_features",
+    )
+    def dbt_features(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource):
+        variables = dbt_vars(config, context.partition_key, warehouse.warehouse_dir)
+        # One `dbt build` per run builds every selected model and runs its tests in one process.
+        yield from dbt.cli(["build", "--vars", json.dumps(variables)], context=context).stream()
+
+    return [dbt_features]

@@ -1,0 +1,138 @@
+"""Training: the seeded train/test split and one model asset per configured algorithm."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from ml_platform.defs.partitions import batch_partitions
+from ml_platform.lib.config import ModelSpec, PlatformConfig, validate_model_params
+from ml_platform.lib.evaluation import score
+from ml_platform.lib.provenance import code_version, frame_hash, library_versions
+from ml_platform.lib.training import TrainTestSplit, fit_model, split_train_test
+from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
+from ml_platform.resources.warehouse import WarehouseResource
+
+FEATURES_KEY = dg.AssetKey("features")
+
+
+@dataclass
+class TrainingData:
+    split: TrainTestSplit
+    batches: list[str]
+    data_hash: str
+
+
+@dataclass
+class TrainedCandidate:
+    """What downstream steps need of a trained model; the model itself lives in MLflow."""
+
+    name: str
+    model_type: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    run_id: str
+    model_uri: str
+
+
+class ModelParamsConfig(dg.Config):
+    """Launch-time hyperparameter overrides, on top of the config file's, validated the same way."""
+
+    params: dict[str, Any] = {}
+
+
+def build_training_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
+    @dg.asset(
+        partitions_def=batch_partitions,
+        group_name="training",
+        deps=[FEATURES_KEY],
+        code_version="1",
+        description="Seeded train/test split of the batch's features "
+        f"(window: {config.training.window}, test size {config.training.test_size}).",
+    )
+    def training_data(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.Output[TrainingData]:
+        batches = training_window(context, config.training.window)
+        features = warehouse.warehouse.read_table(batches, "features")
+        split = split_train_test(features, config.data, config.training)
+        data = TrainingData(split=split, batches=batches, data_hash=frame_hash(features))
+        return dg.Output(
+            data,
+            metadata={
+                "dagster/row_count": len(features),
+                "train_rows": len(split.train),
+                "test_rows": len(split.test),
+                "batches": ", ".join(batches),
+                "data_hash": data.data_hash,
+                "feature_columns": ", ".join(split.feature_columns),
+            },
+        )
+
+    return [training_data, *(build_model_asset(config, name, spec) for name, spec in config.models.items())]
+
+
+def training_window(context: dg.AssetExecutionContext, window: str) -> list[str]:
+    """This batch alone, or every batch added up to and including it."""
+    if window == "batch":
+        return [context.partition_key]
+    keys = context.instance.get_dynamic_partitions(batch_partitions.name)
+    return keys[: keys.index(context.partition_key) + 1]
+
+
+def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=f"{name}_model",
+        partitions_def=batch_partitions,
+        group_name="training",
+        kinds={"sklearn", "mlflow"},
+        code_version="1",
+        description=f"{spec.type} trained on the batch's training split, logged to MLflow.",
+    )
+    def model_asset(
+        context: dg.AssetExecutionContext,
+        config: ModelParamsConfig,
+        training_data: TrainingData,
+        mlflow: MlflowTrackingResource,
+    ) -> dg.Output[TrainedCandidate]:
+        params = validate_model_params(spec.type, {**spec.params, **config.params})
+        split = training_data.split
+        fitted = fit_model(platform.data.task, spec.type, params, split, platform.training.random_state)
+        metrics = score(platform.data.task, fitted.pipeline, split.x_test, split.y_test)
+        run_id, model_uri = mlflow.log_model_run(
+            run_name=f"{name}-{context.partition_key}",
+            params={
+                "model_type": spec.type,
+                **fitted.params,
+                "test_size": platform.training.test_size,
+                "window": platform.training.window,
+                "random_state": platform.training.random_state,
+                "train_rows": len(split.train),
+            },
+            metrics={**metrics, "fit_seconds": fitted.fit_seconds},
+            tags={
+                "dagster.run_id": context.run_id,
+                "dagster.asset_key": context.asset_key.to_user_string(),
+                "dagster.partition": context.partition_key,
+                "model_name": name,
+                "data_hash": training_data.data_hash,
+                "code_version": code_version(),
+                "config_hash": platform.config_hash(),
+                **{f"lib.{lib}": version for lib, version in library_versions().items()},
+            },
+            model=fitted.pipeline,
+            input_example=split.x_train.head(5),
+            artifacts={"platform.json": platform.model_dump(mode="json")},
+        )
+        context.log.info(f"{name}: {metrics} (MLflow run {run_id})")
+        run_url = mlflow.run_url(run_id)
+        return dg.Output(
+            TrainedCandidate(name, spec.type, fitted.params, metrics, run_id, model_uri),
+            metadata={
+                **{metric: dg.MetadataValue.float(value) for metric, value in metrics.items()},
+                "fit_seconds": fitted.fit_seconds,
+                "mlflow_run_id": run_id,
+                "model_uri": model_uri,
+                **({"mlflow_run": dg.MetadataValue.url(run_url)} if run_url else {}),
+            },
+        )
+
+    return model_asset

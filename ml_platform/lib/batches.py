@@ -1,0 +1,48 @@
+"""Batches: their ids (the partition keys) and where their files are.
+
+A batch id becomes a Dagster partition key, a file name in the warehouse and a dbt var, so
+only plain names are accepted: no path separators, no `..`, no commas, at most 64 characters.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+BATCH_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class InvalidBatchIdError(ValueError):
+    pass
+
+
+def validate_batch_id(batch_id: str) -> str:
+    """Return `batch_id` unchanged, or raise InvalidBatchIdError saying what is wrong with it."""
+    if not BATCH_ID_PATTERN.fullmatch(batch_id) or ".." in batch_id:
+        raise InvalidBatchIdError(
+            f"invalid batch id {batch_id!r}: expected 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit and without '..'"
+        )
+    return batch_id
+
+
+def batch_file(incoming_dir: Path, batch_id: str, file_format: str) -> Path:
+    """The file a batch is read from: `<incoming_dir>/<batch_id>.<csv|parquet>`."""
+    return incoming_dir / f"{validate_batch_id(batch_id)}.{file_format}"
+
+
+def discover_batches(incoming_dir: Path, file_format: str) -> dict[str, Path]:
+    """Batch files waiting in `incoming_dir`, by batch id, in name order.
+
+    Hidden files (a writer's `.batch_0003.csv.partial`) and names that are not valid batch ids
+    are left out.
+    """
+    found = {}
+    for path in sorted(incoming_dir.glob(f"*.{file_format}")):
+        if path.name.startswith("."):
+            continue
+        try:
+            found[validate_batch_id(path.stem)] = path
+        except InvalidBatchIdError:
+            continue
+    return found

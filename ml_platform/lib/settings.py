@@ -1,0 +1,52 @@
+"""Where the platform keeps things, from the environment, with project-local defaults.
+
+`ML_PLATFORM_HOME` holds the incoming batches, the warehouse, the MLflow store and the reports
+(the project root by default); `ML_PLATFORM_CONFIG` names the config file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ml_platform.lib.config import PlatformConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "configs" / "platform.yaml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    config_path: Path
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            home=Path(os.environ.get("ML_PLATFORM_HOME", PROJECT_ROOT)).resolve(),
+            config_path=Path(os.environ.get("ML_PLATFORM_CONFIG", DEFAULT_CONFIG_PATH)).resolve(),
+        )
+
+    def incoming_dir(self, config: PlatformConfig) -> Path:
+        return self.home / config.data.incoming_dir
+
+    @property
+    def warehouse_dir(self) -> Path:
+        return self.home / "data" / "warehouse"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.home / "mlflow"
+
+    def tracking_uri(self, config: PlatformConfig) -> str:
+        """Config first, then MLFLOW_TRACKING_URI, then SQLite under the project."""
+        return (
+            config.tracking.tracking_uri
+            or os.environ.get("MLFLOW_TRACKING_URI")
+            or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+        )
