@@ -2,6 +2,7 @@
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 from dagster_dbt import DbtCliResource
@@ -28,20 +29,25 @@ def build_definitions(config: PlatformConfig, settings: Settings) -> dg.Definiti
             *build_evaluation_assets(config),
         ],
         jobs=[batch_pipeline_job],
-        resources={
-            "warehouse": WarehouseResource(
-                incoming_dir=str(settings.incoming_dir(config)), warehouse_dir=str(settings.warehouse_dir)
-            ),
-            "dbt": DbtCliResource(
-                project_dir=DBT_PROJECT,
-                # dagster-dbt looks for `dbt` on PATH, which a bare `.venv/bin/dagster` lacks.
-                dbt_executable=str(Path(sys.executable).parent / "dbt"),
-            ),
-            "mlflow": MlflowTrackingResource(
-                tracking_uri=settings.tracking_uri(config),
-                artifact_location=str(settings.mlflow_dir / "artifacts"),
-                experiment_name=config.tracking.experiment_name,
-            ),
-            "reports": ReportsResource(reports_dir=str(settings.reports_dir)),
-        },
+        resources=build_resources(config, settings),
     )
+
+
+def build_resources(config: PlatformConfig, settings: Settings) -> dict[str, Any]:
+    """The resources every asset uses, configured from the platform's settings."""
+    return {
+        "warehouse": WarehouseResource(
+            incoming_dir=str(settings.incoming_dir(config)), warehouse_dir=str(settings.warehouse_dir)
+        ),
+        "dbt": DbtCliResource(
+            project_dir=DBT_PROJECT,
+            # dagster-dbt looks for `dbt` on PATH, which a bare `.venv/bin/dagster` lacks.
+            dbt_executable=str(Path(sys.executable).parent / "dbt"),
+        ),
+        "mlflow": MlflowTrackingResource(
+            tracking_uri=settings.tracking_uri(config),
+            artifact_location=str(settings.mlflow_dir / "artifacts"),
+            experiment_name=config.tracking.experiment_name,
+        ),
+        "reports": ReportsResource(reports_dir=str(settings.reports_dir)),
+    }

@@ -28,6 +28,11 @@ class Settings:
             config_path=Path(os.environ.get("ML_PLATFORM_CONFIG", DEFAULT_CONFIG_PATH)).resolve(),
         )
 
+    @property
+    def dagster_home(self) -> Path:
+        """DAGSTER_HOME when set, else `.dagster_home/` under the platform's home."""
+        return Path(os.environ.get("DAGSTER_HOME", self.home / ".dagster_home")).resolve()
+
     def incoming_dir(self, config: PlatformConfig) -> Path:
         return self.home / config.data.incoming_dir
 

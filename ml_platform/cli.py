@@ -1,0 +1,231 @@
+"""The `ml-platform` command: demo data, batches (partitions), runs of the pipeline, the champion.
+
+Heavy imports (Dagster, MLflow, scikit-learn) happen inside the commands that need them, so
+`ml-platform --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ml_platform.lib.settings import PROJECT_ROOT, Settings
+
+app = typer.Typer(help="ml_platform: batches of data to evaluated, registered models.", no_args_is_help=True)
+batches_app = typer.Typer(help="Batches: the partitions of the pipeline.", no_args_is_help=True)
+app.add_typer(batches_app, name="batches")
+# Bound to the real stdout: `run` silences what dbt prints to sys.stdout, not this console.
+console = Console(file=sys.stdout)
+
+
+def fail(message: str) -> NoReturn:
+    """One clear line on stderr and a non-zero exit: what a script and a person both need."""
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _load_config(settings: Settings):
+    from ml_platform.lib.config import ConfigError, load_config
+
+    try:
+        return load_config(settings.config_path)
+    except ConfigError as error:
+        fail(str(error))
+
+
+def _instance(settings: Settings):
+    """The project's Dagster instance; a new DAGSTER_HOME gets the project's dagster.yaml."""
+    import dagster as dg
+
+    home = settings.dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return dg.DagsterInstance.get()
+
+
+@app.command("demo-data")
+def demo_data(
+    batches: Annotated[int, typer.Option(min=1, help="How many batch files to write.")] = 3,
+    rows: Annotated[int, typer.Option(min=1000, max=1_000_000, help="Rows per batch.")] = 5000,
+    seed: Annotated[int, typer.Option(help="Same seed, same data.")] = 42,
+    drift: Annotated[float, typer.Option(min=0.0, help="How much each batch drifts from the one before.")] = 0.0,
+    first: Annotated[int, typer.Option(min=1, help="Number of the first batch.")] = 1,
+    file_format: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
+) -> None:
+    """Write deterministic customer-churn batches into the incoming folder.
+
+    Example: ml-platform demo-data --batches 3 --rows 10000 --drift 0.03
+    """
+    from ml_platform.lib.demo_data import write_demo_batches
+
+    settings = Settings.from_env()
+    config = _load_config(settings)
+    if file_format not in ("csv", "parquet"):
+        fail(f"--format must be csv or parquet, got {file_format!r}")
+    paths = write_demo_batches(settings.incoming_dir(config), batches, rows, seed, drift, file_format, first)
+    for path in paths:
+        console.print(f"wrote {path} ({rows} rows)")
+
+
+@batches_app.command("scan")
+def batches_scan() -> None:
+    """Add a partition for every batch file in the incoming folder that has none yet.
+
+    Example: ml-platform batches scan
+    """
+    from ml_platform.defs.partitions import batch_partitions
+    from ml_platform.lib.batches import discover_batches
+
+    settings = Settings.from_env()
+    config = _load_config(settings)
+    incoming = settings.incoming_dir(config)
+    found = discover_batches(incoming, config.data.file_format)
+    instance = _instance(settings)
+    known = set(instance.get_dynamic_partitions(batch_partitions.name))
+    new = [batch_id for batch_id in found if batch_id not in known]
+    instance.add_dynamic_partitions(batch_partitions.name, new)
+    console.print(f"{len(found)} batch file(s) in {incoming}; added {len(new)} partition(s): {', '.join(new) or '-'}")
+
+
+@batches_app.command("add")
+def batches_add(batch_ids: Annotated[list[str], typer.Argument(help="Batch ids, e.g. batch_0004.")]) -> None:
+    """Add partitions for the named batches; each needs its file in the incoming folder.
+
+    Example: ml-platform batches add batch_0004 batch_0005
+    """
+    from ml_platform.defs.partitions import batch_partitions
+    from ml_platform.lib.batches import InvalidBatchIdError, batch_file
+
+    settings = Settings.from_env()
+    config = _load_config(settings)
+    incoming = settings.incoming_dir(config)
+    for batch_id in batch_ids:
+        try:
+            path = batch_file(incoming, batch_id, config.data.file_format)
+        except InvalidBatchIdError as error:
+            fail(str(error))
+        if not path.is_file():
+            fail(f"no file for batch {batch_id!r}: expected {path}")
+    _instance(settings).add_dynamic_partitions(batch_partitions.name, batch_ids)
+    console.print(f"added partition(s): {', '.join(batch_ids)}")
+
+
+@batches_app.command("list")
+def batches_list() -> None:
+    """List the batch partitions and whether each has been through the pipeline.
+
+    Example: ml-platform batches list
+    """
+    import dagster as dg
+
+    from ml_platform.defs.partitions import batch_partitions
+
+    instance = _instance(Settings.from_env())
+    keys = instance.get_dynamic_partitions(batch_partitions.name)
+    done = instance.get_materialized_partitions(dg.AssetKey("champion_model"))
+    table = Table("batch", "promoted step done")
+    for key in keys:
+        table.add_row(key, "yes" if key in done else "no")
+    console.print(table)
+
+
+@app.command("run")
+def run(
+    batch_ids: Annotated[list[str] | None, typer.Argument(help="Batches to run; see --all.")] = None,
+    all_batches: Annotated[bool, typer.Option("--all", help="Run every batch partition, in order.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print every step's log lines.")] = False,
+) -> None:
+    """Run the batch pipeline for batches, in this process, recorded in the Dagster instance.
+
+    Example: ml-platform run batch_0001   |   ml-platform run --all
+    """
+    from ml_platform.defs.partitions import batch_partitions
+
+    settings = Settings.from_env()
+    instance = _instance(settings)
+    known = instance.get_dynamic_partitions(batch_partitions.name)
+    targets = known if all_batches else list(batch_ids or [])
+    if not targets:
+        fail("nothing to run: name batches or pass --all (add batches with `ml-platform batches scan`)")
+    unknown = [batch_id for batch_id in targets if batch_id not in known]
+    if unknown:
+        fail(f"unknown batch(es) {', '.join(unknown)}: add them first with `ml-platform batches add` or `scan`")
+
+    import ml_platform.definitions as definitions
+
+    job = definitions.defs.resolve_job_def("batch_pipeline")
+    if not verbose:
+        import mlflow  # noqa: F401  (configures its loggers on import; quiet them after)
+
+        logging.getLogger("mlflow").setLevel(logging.ERROR)
+    failed = []
+    for batch_id in targets:
+        quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
+        with console.status(f"running batch_pipeline for {batch_id} ..."), quiet:
+            result = job.execute_in_process(
+                instance=instance,
+                partition_key=batch_id,
+                raise_on_error=False,
+                # The full event log goes to the instance (the UI shows it); the console gets warnings.
+                run_config={"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "WARNING"}}}},
+            )
+        if result.success:
+            console.print(f"[green]ok[/] {batch_id} (run {result.run_id})")
+        else:
+            failed.append(batch_id)
+            console.print(f"[red]failed[/] {batch_id} (run {result.run_id}): {_first_failure(result)}")
+    if failed:
+        fail(f"{len(failed)} of {len(targets)} batch run(s) failed: {', '.join(failed)}")
+
+
+def _first_failure(result) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data.error:
+            return event.step_failure_data.error.message.strip()
+    return "see the run's logs in the Dagster UI"
+
+
+@app.command("champion")
+def champion() -> None:
+    """Show the registered champion model and its metrics.
+
+    Example: ml-platform champion
+    """
+    from ml_platform.defs import build_resources
+
+    settings = Settings.from_env()
+    config = _load_config(settings)
+    tracking = build_resources(config, settings)["mlflow"]
+    name = config.promotion.registered_model_name
+    version = tracking.champion_version(name)
+    if version is None:
+        fail(f"no champion yet for {name!r}: run the pipeline first (`ml-platform run --all`)")
+    run = tracking.client().get_run(version.run_id)
+    table = Table(title=f"{name} v{version.version} @champion", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for metric, value in sorted(run.data.metrics.items()):
+        table.add_row(metric, f"{value:.4f}")
+    console.print(table)
+    console.print(f"model: {version.tags.get('model_name')}  batch: {version.tags.get('batch')}  run: {version.run_id}")
+    console.print(f"why: {version.tags.get('promotion_reason')}")
+
+
+def main() -> None:  # pragma: no cover - the console script
+    app(prog_name="ml-platform")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
