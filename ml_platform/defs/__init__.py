@@ -22,15 +22,18 @@ from ml_platform.resources.warehouse import WarehouseResource
 def build_definitions(config: PlatformConfig, settings: Settings) -> dg.Definitions:
     """Every asset, check, job and resource of the platform for one config and one home."""
     return dg.Definitions(
-        assets=[
-            *build_ingestion_assets(config),
-            *build_feature_assets(config),
-            *build_training_assets(config),
-            *build_evaluation_assets(config),
-        ],
-        jobs=[batch_pipeline_job],
-        resources=build_resources(config, settings),
+        assets=build_assets(config), jobs=[batch_pipeline_job], resources=build_resources(config, settings)
     )
+
+
+def build_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
+    """The pipeline's assets, stage by stage; dbt's tests come along as asset checks."""
+    return [
+        *build_ingestion_assets(config),
+        *build_feature_assets(config),
+        *build_training_assets(config),
+        *build_evaluation_assets(config),
+    ]
 
 
 def build_resources(config: PlatformConfig, settings: Settings) -> dict[str, Any]:

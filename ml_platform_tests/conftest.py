@@ -1,0 +1,98 @@
+"""Shared fixtures: a platform under test with its own home, Dagster instance and MLflow store.
+
+Every test that runs the pipeline gets a temporary ML_PLATFORM_HOME (incoming batches,
+warehouse, reports, SQLite MLflow store) and a temporary DAGSTER_HOME, so tests never touch the
+project's own state and can run in any order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from ml_platform.lib.config import PlatformConfig, load_config
+from ml_platform.lib.demo_data import write_demo_batches
+from ml_platform.lib.settings import DEFAULT_CONFIG_PATH, Settings
+
+
+def small_config(**changes) -> PlatformConfig:
+    """The default config with small models, so a whole pipeline run takes seconds."""
+    raw = load_config(DEFAULT_CONFIG_PATH).model_dump(mode="json")
+    raw["models"]["random_forest"]["params"].update(n_estimators=25, max_depth=6)
+    raw["models"]["gradient_boosting"]["params"].update(n_estimators=40)
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return PlatformConfig.model_validate(raw)
+
+
+@dataclass
+class PlatformUnderTest:
+    settings: Settings
+    config: PlatformConfig
+    instance: dg.DagsterInstance
+
+    @property
+    def incoming_dir(self) -> Path:
+        return self.settings.incoming_dir(self.config)
+
+    def write_batches(self, count: int, rows: int = 2000, first: int = 1, **kwargs) -> list[str]:
+        paths = write_demo_batches(self.incoming_dir, count, rows, first_batch=first, **kwargs)
+        batch_ids = [path.stem for path in paths]
+        self.instance.add_dynamic_partitions("batches", batch_ids)
+        return batch_ids
+
+    def add_batch_file(self, batch_id: str, content: bytes) -> Path:
+        path = self.incoming_dir / f"{batch_id}.{self.config.data.file_format}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        self.instance.add_dynamic_partitions("batches", [batch_id])
+        return path
+
+    def materialize(self, batch_id: str, config: PlatformConfig | None = None, **kwargs) -> dg.ExecuteInProcessResult:
+        from ml_platform.defs import build_assets, build_resources
+
+        config = config or self.config
+        return dg.materialize(
+            build_assets(config),
+            resources=build_resources(config, self.settings),
+            partition_key=batch_id,
+            instance=self.instance,
+            **kwargs,
+        )
+
+    def mlflow(self, config: PlatformConfig | None = None):
+        from ml_platform.defs import build_resources
+
+        return build_resources(config or self.config, self.settings)["mlflow"]
+
+
+@pytest.fixture
+def platform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PlatformUnderTest]:
+    yield from _platform(tmp_path, monkeypatch, small_config())
+
+
+@pytest.fixture(scope="module")
+def module_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformUnderTest]:
+    """One platform for a module whose tests read the results of the same runs."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield from _platform(tmp_path_factory.mktemp("platform"), monkeypatch, small_config())
+
+
+def _platform(home: Path, monkeypatch: pytest.MonkeyPatch, config: PlatformConfig) -> Iterator[PlatformUnderTest]:
+    monkeypatch.setenv("ML_PLATFORM_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("ML_PLATFORM_CONFIG", raising=False)
+    settings = Settings(home=home, config_path=DEFAULT_CONFIG_PATH)
+    (home / "dagster_home").mkdir(parents=True, exist_ok=True)
+    with dg.instance_for_test(temp_dir=str(home / "dagster_home")) as instance:
+        yield PlatformUnderTest(settings, config, instance)
+
