@@ -86,7 +86,7 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
                 "model_name": evaluation_report["winner"],
                 metric: f"{challenger_score:.6f}",
                 "promotion_reason": decision.reason,
-                "dagster.run_id": context.run_id,
+                "dagster.run_id": context.run.run_id,
             },
         )
         context.log.info(f"{model_name} v{version} is {decision.alias}: {decision.reason}")

@@ -109,7 +109,7 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
             },
             metrics={**metrics, "fit_seconds": fitted.fit_seconds},
             tags={
-                "dagster.run_id": context.run_id,
+                "dagster.run_id": context.run.run_id,
                 "dagster.asset_key": context.asset_key.to_user_string(),
                 "dagster.partition": context.partition_key,
                 "model_name": name,

@@ -1,0 +1,167 @@
+"""The batch pipeline end to end, materialized in-process against a real Dagster instance,
+real dbt over DuckDB and a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import duckdb
+import pytest
+
+from ml_platform.lib.provenance import code_version
+from ml_platform_tests.conftest import PlatformUnderTest, small_config
+
+PIPELINE_ASSETS = {
+    "raw_batch",
+    "stg_batch",
+    "features",
+    "training_data",
+    "random_forest_model",
+    "gradient_boosting_model",
+    "logistic_regression_model",
+    "evaluation_report",
+    "champion_model",
+}
+
+
+@pytest.fixture(scope="module")
+def two_batches(module_platform: PlatformUnderTest):
+    """Batch 1 trains the first champion; batch 2's winner must beat it by an impossible margin."""
+    first, second = module_platform.write_batches(2, rows=2000, drift=0.03)
+    results = {first: module_platform.materialize(first)}
+    impossible_margin = small_config(**{"promotion.min_improvement": 0.5})
+    results[second] = module_platform.materialize(second, config=impossible_margin)
+    return module_platform, results
+
+
+def materialized(result: dg.ExecuteInProcessResult) -> set[str]:
+    return {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
+
+
+def test_whole_graph_materializes_every_asset_and_passes_dbt_checks(two_batches):
+    _, results = two_batches
+    for result in results.values():
+        assert result.success
+        assert materialized(result) == PIPELINE_ASSETS
+        checks = result.get_asset_check_evaluations()
+        assert len(checks) == 5
+        assert all(check.passed for check in checks)
+
+
+def test_raw_batch_records_rows_hash_and_null_counts(two_batches):
+    platform, results = two_batches
+    event = next(
+        e for e in results["batch_0001"].get_asset_materialization_events() if e.asset_key == dg.AssetKey("raw_batch")
+    )
+    metadata = event.materialization.metadata
+    assert metadata["dagster/row_count"].value == 2000
+    assert len(metadata["content_hash"].value) == 64
+    assert "total_charges" in metadata["null_counts"].value
+    database = platform.settings.warehouse_dir / "batch_0001.duckdb"
+    with duckdb.connect(str(database), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM raw_batch").fetchone()[0] == 2000
+        assert con.execute("SELECT count(DISTINCT batch_id) FROM features").fetchone()[0] == 1
+
+
+def test_one_mlflow_run_per_model_per_batch_with_provenance(two_batches):
+    platform, results = two_batches
+    client = platform.mlflow().client()
+    experiment = client.get_experiment_by_name(platform.config.tracking.experiment_name)
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 3 * 2
+    run = next(r for r in runs if r.data.tags["dagster.partition"] == "batch_0001" and r.data.tags["model_name"] == "random_forest")
+    tags = run.data.tags
+    assert tags["dagster.run_id"] == results["batch_0001"].run_id
+    assert tags["dagster.asset_key"] == "random_forest_model"
+    assert len(tags["data_hash"]) == 64
+    assert tags["code_version"] == code_version()
+    assert tags["config_hash"] == platform.config.config_hash()
+    assert tags["lib.scikit-learn"]
+    assert run.data.params["n_estimators"] == "25"
+    assert run.data.params["model_type"] == "random_forest"
+    assert set(run.data.metrics) >= {"f1", "roc_auc", "precision", "recall", "accuracy"}
+    assert 0.6 < run.data.metrics["roc_auc"] <= 1.0
+    logged = [model for model in client.search_logged_models([experiment.experiment_id]) if model.source_run_id == run.info.run_id]
+    assert len(logged) == 1
+    from mlflow.models import get_model_info
+
+    info = get_model_info(logged[0].model_uri)
+    assert info.signature is not None and "tenure_months" in info.signature.inputs.input_names()
+
+
+def test_evaluation_report_names_winner_in_metadata_and_json(two_batches):
+    platform, results = two_batches
+    report = results["batch_0001"].output_for_node("evaluation_report")
+    scores = {name: c["metrics"]["roc_auc"] for name, c in report["candidates"].items()}
+    assert report["winner"] == max(scores, key=scores.get)
+    on_disk = json.loads((platform.settings.reports_dir / "batch_0001" / "evaluation_report.json").read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    event = next(
+        e for e in results["batch_0001"].get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey("evaluation_report")
+    )
+    table = event.materialization.metadata["metrics"].value
+    assert f"**{report['winner']}** (winner)" in table and "| roc_auc |" not in table.splitlines()[2]
+
+
+def test_first_winner_becomes_champion_and_a_weaker_one_only_challenger(two_batches):
+    platform, results = two_batches
+    tracking = platform.mlflow()
+    client = tracking.client()
+    name = platform.config.promotion.registered_model_name
+    versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+    assert [str(v.version) for v in versions] == ["1", "2"]
+    champion = client.get_model_version_by_alias(name, "champion")
+    challenger = client.get_model_version_by_alias(name, "challenger")
+    assert str(champion.version) == "1" and champion.tags["batch"] == "batch_0001"
+    assert str(challenger.version) == "2" and challenger.tags["batch"] == "batch_0002"
+    assert champion.tags["promotion_reason"].startswith("no current champion")
+    assert "does not beat the champion" in challenger.tags["promotion_reason"]
+    assert "roc_auc" in challenger.tags["promotion_reason"]
+    winner_of_batch_2 = results["batch_0002"].output_for_node("evaluation_report")["winner"]
+    assert challenger.tags["model_name"] == winner_of_batch_2
+
+
+def test_challenger_that_beats_the_champion_takes_the_alias(platform: PlatformUnderTest):
+    first, second = platform.write_batches(2, rows=2000)
+    crippled = small_config(
+        **{
+            "models.random_forest.params": {"n_estimators": 1, "max_depth": 1},
+            "models.gradient_boosting.params": {"n_estimators": 1, "max_depth": 1},
+            "models.logistic_regression.params": {"C": 1e-6},
+        }
+    )
+    assert platform.materialize(first, config=crippled).success
+    assert platform.materialize(second).success
+    client = platform.mlflow().client()
+    name = platform.config.promotion.registered_model_name
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert str(champion.version) == "2"
+    assert champion.tags["promotion_reason"].startswith("beats the champion on this batch's held-out data")
+    events = platform.instance.fetch_materializations(dg.AssetKey("champion_model"), limit=1).records
+    metadata = events[0].asset_materialization.metadata
+    assert metadata["alias"].value == "champion" and metadata["champion_version"].value == "2"
+    assert metadata["previous_champion_roc_auc"].value < metadata["challenger_roc_auc"].value
+
+
+def test_rematerializing_a_batch_replaces_it(platform: PlatformUnderTest):
+    (batch,) = platform.write_batches(1, rows=1500)
+    assert platform.materialize(batch, selection=["raw_batch", "stg_batch", "features"]).success
+    assert platform.materialize(batch, selection=["raw_batch", "stg_batch", "features"]).success
+    with duckdb.connect(str(platform.settings.warehouse_dir / f"{batch}.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM raw_batch").fetchone()[0] == 1500
+        assert con.execute("SELECT count(*) FROM features").fetchone()[0] == 1500
+    history = platform.instance.fetch_materializations(dg.AssetKey("raw_batch"), limit=10).records
+    assert len(history) == 2
+
+
+def test_cumulative_window_trains_on_every_batch_up_to_this_one(platform: PlatformUnderTest):
+    config = small_config(**{"training.window": "cumulative"})
+    batches = platform.write_batches(3, rows=1000)
+    for batch in batches[:2]:
+        assert platform.materialize(batch, config=config, selection=["raw_batch", "stg_batch", "features"]).success
+    result = platform.materialize(batches[1], config=config, selection=["training_data"])
+    data = result.output_for_node("training_data")
+    assert data.batches == ["batch_0001", "batch_0002"]
+    assert len(data.split.train) + len(data.split.test) == 2000

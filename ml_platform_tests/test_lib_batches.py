@@ -1,0 +1,78 @@
+"""Batch ids and batch discovery: only plain names become partitions, in name order."""
+
+from __future__ import annotations
+
+import pytest
+
+from ml_platform.lib.batches import InvalidBatchIdError, batch_file, discover_batches, validate_batch_id
+
+
+@pytest.mark.parametrize("batch_id", ["batch_0001", "2024-01-05", "a.b", "B", "x" * 64])
+def test_plain_batch_ids_are_accepted_unchanged(batch_id):
+    assert validate_batch_id(batch_id) == batch_id
+
+
+@pytest.mark.parametrize(
+    "batch_id",
+    [
+        pytest.param("", id="empty"),
+        pytest.param("../x", id="parent-path"),
+        pytest.param("a/b", id="slash"),
+        pytest.param("a\\b", id="backslash"),
+        pytest.param("a,b", id="comma"),
+        pytest.param("..", id="dot-dot"),
+        pytest.param("a..b", id="dot-dot-inside"),
+        pytest.param(".hidden", id="leading-dot"),
+        pytest.param("_x", id="leading-underscore"),
+        pytest.param("x" * 65, id="65-chars"),
+        pytest.param("a b", id="space"),
+        pytest.param("batch\n", id="trailing-newline"),
+    ],
+)
+def test_unsafe_batch_ids_are_refused_saying_what_is_allowed(batch_id):
+    with pytest.raises(InvalidBatchIdError) as error:
+        validate_batch_id(batch_id)
+
+    assert repr(batch_id) in str(error.value)
+    assert "1-64 letters, digits" in str(error.value)
+
+
+def test_batch_file_is_the_id_with_the_format_extension(tmp_path):
+    assert batch_file(tmp_path, "batch_0001", "parquet") == tmp_path / "batch_0001.parquet"
+
+
+def test_batch_file_refuses_an_id_that_escapes_the_directory(tmp_path):
+    with pytest.raises(InvalidBatchIdError):
+        batch_file(tmp_path, "../outside", "csv")
+
+
+def test_discover_batches_skips_partial_hidden_foreign_and_invalid_files_in_name_order(tmp_path):
+    for name in [
+        "batch_0003.csv",
+        "batch_0001.csv",
+        "2024-01-05.csv",
+        "batch_0002.csv",
+        ".batch_0004.csv.partial",
+        ".batch_0005.csv",
+        "batch_0006.parquet",
+        "notes.txt",
+        "bad name.csv",
+        "batch..7.csv",
+    ]:
+        (tmp_path / name).write_text("x\n")
+
+    found = discover_batches(tmp_path, "csv")
+
+    assert list(found) == ["2024-01-05", "batch_0001", "batch_0002", "batch_0003"]
+    assert found["batch_0002"] == tmp_path / "batch_0002.csv"
+
+
+def test_discover_batches_finds_only_the_configured_format(tmp_path):
+    (tmp_path / "batch_0001.csv").write_text("x\n")
+    (tmp_path / "batch_0002.parquet").write_bytes(b"PAR1")
+
+    assert list(discover_batches(tmp_path, "parquet")) == ["batch_0002"]
+
+
+def test_discover_batches_in_an_empty_directory_finds_nothing(tmp_path):
+    assert discover_batches(tmp_path, "csv") == {}

@@ -1,0 +1,215 @@
+"""The config schema: the default file loads, and every bad config is refused naming its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from ml_platform.lib.config import (
+    PARAMS_BY_MODEL_TYPE,
+    ConfigError,
+    PlatformConfig,
+    load_config,
+    validate_model_params,
+)
+from ml_platform.lib.settings import DEFAULT_CONFIG_PATH
+
+
+def default_raw() -> dict:
+    """The default config file as plain YAML, interpolations left unresolved."""
+    return yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+
+
+def write_config(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "platform.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_default_config_loads_and_resolves_seed_interpolation():
+    config = load_config(DEFAULT_CONFIG_PATH)
+
+    assert config.seed == 42
+    assert config.training.random_state == 42
+    assert config.data.task == "classification"
+    assert set(config.models) == {"random_forest", "gradient_boosting", "logistic_regression"}
+    assert config.promotion.primary_metric == "roc_auc"
+    assert config.primary_metric_mode == "max"
+
+
+def test_changing_the_seed_changes_the_interpolated_random_state(tmp_path):
+    raw = default_raw()
+    raw["seed"] = 7
+
+    config = load_config(write_config(tmp_path, raw))
+
+    assert config.training.random_state == 7
+
+
+def test_feature_columns_exclude_target_and_id():
+    data = load_config(DEFAULT_CONFIG_PATH).data
+
+    assert data.target not in data.feature_columns
+    assert data.id_column not in data.feature_columns
+    assert len(data.feature_columns) == len(data.columns) - 2
+
+
+def test_missing_config_file_is_refused_naming_the_path(tmp_path):
+    missing = tmp_path / "nowhere" / "platform.yaml"
+
+    with pytest.raises(ConfigError, match="config file not found") as error:
+        load_config(missing)
+
+    assert str(missing) in str(error.value)
+
+
+def test_unknown_model_type_lists_the_allowed_types(tmp_path):
+    raw = default_raw()
+    raw["models"]["random_forest"]["type"] = "xgboost"
+
+    with pytest.raises(ConfigError) as error:
+        load_config(write_config(tmp_path, raw))
+
+    message = str(error.value)
+    assert "models.random_forest" in message
+    assert "'xgboost'" in message
+    for model_type in PARAMS_BY_MODEL_TYPE:
+        assert model_type in message
+
+
+def test_negative_n_estimators_is_refused_naming_the_key(tmp_path):
+    raw = default_raw()
+    raw["models"]["random_forest"]["params"]["n_estimators"] = -5
+
+    with pytest.raises(ConfigError) as error:
+        load_config(write_config(tmp_path, raw))
+
+    assert "models.random_forest" in str(error.value)
+    assert "n_estimators" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("section", "typo"),
+    [
+        (None, "sed"),
+        ("data", "targte"),
+        ("training", "test_sise"),
+        ("promotion", "min_improvment"),
+    ],
+)
+def test_unknown_key_is_refused_naming_it(tmp_path, section, typo):
+    raw = default_raw()
+    (raw if section is None else raw[section])[typo] = 1
+
+    with pytest.raises(ConfigError, match="Extra inputs are not permitted") as error:
+        load_config(write_config(tmp_path, raw))
+
+    assert typo in str(error.value)
+    assert str(tmp_path / "platform.yaml") in str(error.value)
+
+
+def test_misspelled_model_param_is_refused_naming_it(tmp_path):
+    raw = default_raw()
+    raw["models"]["random_forest"]["params"]["max_dept"] = 3
+
+    with pytest.raises(ConfigError) as error:
+        load_config(write_config(tmp_path, raw))
+
+    assert "max_dept" in str(error.value)
+
+
+def test_model_type_that_does_not_fit_the_task_is_refused(tmp_path):
+    raw = default_raw()
+    raw["models"]["ridge"] = {"type": "ridge", "params": {"alpha": 1.0}}
+
+    with pytest.raises(ConfigError) as error:
+        load_config(write_config(tmp_path, raw))
+
+    message = str(error.value)
+    assert "models.ridge" in message
+    assert "does not fit task 'classification'" in message
+    assert "logistic_regression" in message
+
+
+def test_primary_metric_not_of_the_task_is_refused(tmp_path):
+    raw = default_raw()
+    raw["promotion"]["primary_metric"] = "rmse"
+
+    with pytest.raises(ConfigError) as error:
+        load_config(write_config(tmp_path, raw))
+
+    message = str(error.value)
+    assert "promotion.primary_metric 'rmse'" in message
+    assert "roc_auc" in message
+
+
+def test_regression_config_gets_rmse_and_derived_names_by_default(tmp_path):
+    raw = default_raw()
+    raw["data"]["task"] = "regression"
+    raw["data"]["target"] = "monthly_charges"
+    raw["models"] = {"ridge": {"type": "ridge"}, "forest": {"type": "random_forest"}}
+    raw["promotion"] = {}
+    raw["tracking"] = {}
+
+    config = load_config(write_config(tmp_path, raw))
+
+    assert config.promotion.primary_metric == "rmse"
+    assert config.primary_metric_mode == "min"
+    assert config.promotion.registered_model_name == "churn_regression"
+    assert config.tracking.experiment_name == "ml_platform/churn"
+
+
+def test_target_must_be_a_contract_column(tmp_path):
+    raw = default_raw()
+    raw["data"]["target"] = "left_us"
+
+    with pytest.raises(ConfigError, match="target 'left_us' is not one of the contract's columns"):
+        load_config(write_config(tmp_path, raw))
+
+
+def test_invalid_yaml_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("seed: 42\ndata: [unclosed\n")
+
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+
+    assert str(path) in str(error.value)
+
+
+def test_gradient_boosting_accepts_n_estimators_as_alias_of_max_iter():
+    assert validate_model_params("gradient_boosting", {"n_estimators": 77})["max_iter"] == 77
+    assert validate_model_params("gradient_boosting", {"max_iter": 77})["max_iter"] == 77
+
+
+def test_validate_model_params_fills_in_defaults():
+    params = validate_model_params("logistic_regression", {"C": 0.5})
+
+    assert params == {"C": 0.5, "max_iter": 1000, "class_weight": None}
+
+
+def test_validate_model_params_refuses_a_non_positive_value_naming_the_key():
+    with pytest.raises(ValidationError) as error:
+        validate_model_params("random_forest", {"n_estimators": 0})
+
+    assert "n_estimators" in str(error.value)
+
+
+def test_config_hash_is_stable_across_loads():
+    first = load_config(DEFAULT_CONFIG_PATH).config_hash()
+    second = load_config(DEFAULT_CONFIG_PATH).config_hash()
+
+    assert first == second
+    assert len(first) == 16
+    assert all(char in "0123456789abcdef" for char in first)
+
+
+def test_config_hash_changes_when_a_model_param_changes():
+    raw = load_config(DEFAULT_CONFIG_PATH).model_dump(mode="json")
+    original = PlatformConfig.model_validate(raw).config_hash()
+    raw["models"]["random_forest"]["params"]["max_depth"] = 11
+
+    assert PlatformConfig.model_validate(raw).config_hash() != original

@@ -1,0 +1,164 @@
+"""Training: a seeded, stratified, order-independent split and a working Pipeline per model type."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from pandas.testing import assert_frame_equal
+
+from ml_platform.lib.config import DataConfig, TrainingConfig, load_config
+from ml_platform.lib.demo_data import generate_churn_batch
+from ml_platform.lib.settings import DEFAULT_CONFIG_PATH
+from ml_platform.lib.training import ESTIMATORS, build_pipeline, fit_model, split_train_test
+
+# Small models: the tests are about the wiring, not the accuracy.
+SMALL_PARAMS = {"random_forest": {"n_estimators": 10, "max_depth": 4}, "gradient_boosting": {"n_estimators": 10}}
+
+
+@pytest.fixture(scope="module")
+def classification() -> DataConfig:
+    return load_config(DEFAULT_CONFIG_PATH).data
+
+
+@pytest.fixture(scope="module")
+def regression(classification: DataConfig) -> DataConfig:
+    return DataConfig.model_validate(
+        {**classification.model_dump(), "task": "regression", "target": "monthly_charges"}
+    )
+
+
+@pytest.fixture(scope="module")
+def features() -> pd.DataFrame:
+    """Two batches of demo features as the warehouse returns them, holes included."""
+    frames = [generate_churn_batch(number, 1000).assign(batch_id=f"batch_{number:04d}") for number in (1, 2)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def ids(frame: pd.DataFrame) -> list[str]:
+    return frame["customer_id"].tolist()
+
+
+def test_split_is_deterministic_for_a_seed(features, classification):
+    training = TrainingConfig(random_state=7)
+
+    first = split_train_test(features, classification, training)
+    second = split_train_test(features, classification, training)
+
+    assert_frame_equal(first.train, second.train)
+    assert_frame_equal(first.test, second.test)
+
+
+def test_split_changes_with_the_seed(features, classification):
+    first = split_train_test(features, classification, TrainingConfig(random_state=1))
+    second = split_train_test(features, classification, TrainingConfig(random_state=2))
+
+    assert ids(first.test) != ids(second.test)
+
+
+def test_split_holds_out_test_size_of_the_rows_and_loses_none(features, classification):
+    split = split_train_test(features, classification, TrainingConfig(test_size=0.25))
+
+    assert len(split.test) == len(features) // 4
+    assert sorted(ids(split.train) + ids(split.test)) == sorted(ids(features))
+
+
+def test_classification_split_is_stratified_by_the_target(features, classification):
+    split = split_train_test(features, classification, TrainingConfig())
+
+    overall = features["churned"].mean()
+    assert 0.1 < overall < 0.4
+    assert split.y_train.mean() == pytest.approx(overall, abs=0.01)
+    assert split.y_test.mean() == pytest.approx(overall, abs=0.01)
+
+
+def test_split_does_not_depend_on_the_order_rows_were_read_in(features, classification):
+    training = TrainingConfig(random_state=3)
+    shuffled = features.sample(frac=1.0, random_state=99).reset_index(drop=True)
+
+    original = split_train_test(features, classification, training)
+    reordered = split_train_test(shuffled, classification, training)
+
+    assert_frame_equal(original.train, reordered.train)
+    assert_frame_equal(original.test, reordered.test)
+
+
+def test_features_exclude_id_target_and_batch_id(features, classification):
+    split = split_train_test(features, classification, TrainingConfig())
+
+    assert split.feature_columns == classification.feature_columns
+    for column in ("customer_id", "churned", "batch_id"):
+        assert column not in split.x_train.columns
+        assert column not in split.x_test.columns
+    assert split.y_train.name == "churned"
+
+
+def test_numeric_features_become_float64_and_text_stays_text(features, classification):
+    assert features["age"].dtype == "Int64"
+
+    split = split_train_test(features, classification, TrainingConfig())
+
+    dtypes = split.x_train.dtypes
+    for column in ("tenure_months", "age", "monthly_charges", "support_tickets", "num_products"):
+        assert dtypes[column] == np.float64, column
+    assert split.x_train["age"].isna().any()
+    for column in ("contract_type", "payment_method", "region"):
+        assert dtypes[column] == object, column
+
+
+@pytest.mark.parametrize(("task", "model_type"), sorted(ESTIMATORS))
+def test_every_model_type_fits_missing_values_and_predicts_unseen_categories(
+    features, classification, regression, task, model_type
+):
+    data = classification if task == "classification" else regression
+    split = split_train_test(features, data, TrainingConfig(random_state=5))
+    assert split.x_train.isna().any().any()
+
+    fitted = fit_model(task, model_type, SMALL_PARAMS.get(model_type, {}), split, random_state=5)
+
+    assert isinstance(fitted.pipeline.named_steps["model"], ESTIMATORS[(task, model_type)])
+    unseen = split.x_test.assign(region="atlantis", contract_type="weekly")
+    predictions = fitted.pipeline.predict(unseen)
+    assert predictions.shape == (len(unseen),)
+    assert not np.isnan(predictions.astype(float)).any()
+    if task == "classification":
+        assert set(predictions) <= {0, 1}
+        assert fitted.pipeline.predict_proba(unseen).sum(axis=1) == pytest.approx(1.0)
+    assert fitted.fit_seconds > 0
+
+
+def test_fit_model_returns_the_params_with_defaults_and_the_seed_reaches_the_estimator(features, classification):
+    split = split_train_test(features, classification, TrainingConfig())
+
+    fitted = fit_model("classification", "gradient_boosting", {"n_estimators": 10}, split, random_state=11)
+
+    assert fitted.params["max_iter"] == 10
+    assert fitted.params["learning_rate"] == 0.1
+    model = fitted.pipeline.named_steps["model"]
+    assert model.max_iter == 10
+    assert model.random_state == 11
+
+
+def test_same_seed_gives_the_same_model(features, classification):
+    split = split_train_test(features, classification, TrainingConfig())
+
+    first = fit_model("classification", "random_forest", SMALL_PARAMS["random_forest"], split, random_state=4)
+    second = fit_model("classification", "random_forest", SMALL_PARAMS["random_forest"], split, random_state=4)
+
+    np.testing.assert_array_equal(
+        first.pipeline.predict_proba(split.x_test), second.pipeline.predict_proba(split.x_test)
+    )
+
+
+def test_unknown_model_type_lists_the_allowed_ones(features):
+    with pytest.raises(ValueError) as error:
+        build_pipeline("classification", "ridge", {}, features, random_state=0)
+
+    assert str(error.value) == (
+        "unknown classification model type 'ridge'; allowed: gradient_boosting, logistic_regression, random_forest"
+    )
+
+
+def test_bad_params_are_refused_before_fitting(features):
+    with pytest.raises(ValueError, match="n_estimators"):
+        build_pipeline("classification", "random_forest", {"n_estimators": -1}, features, random_state=0)
