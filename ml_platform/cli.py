@@ -193,7 +193,10 @@ def run(
 def _first_failure(result) -> str:
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data.error:
-            return event.step_failure_data.error.message.strip()
+            error = event.step_failure_data.error
+            while error.cause is not None:  # the asset's own exception, under Dagster's wrapper
+                error = error.cause
+            return f"step {event.step_key}: {error.message.strip()}"
     return "see the run's logs in the Dagster UI"
 
 

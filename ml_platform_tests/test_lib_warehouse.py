@@ -105,3 +105,8 @@ def test_warehouse_refuses_an_unsafe_batch_id(tmp_path):
         Warehouse(tmp_path).replace_batch("../escape", build_rows(1))
 
     assert list(tmp_path.iterdir()) == []
+
+
+def test_reading_no_batches_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no batches given to read 'features'"):
+        Warehouse(tmp_path).read_table([], "features")

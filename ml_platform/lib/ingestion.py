@@ -105,9 +105,11 @@ def _read_header(path: Path, data: DataConfig) -> list[str]:
             return pq.read_schema(path).names
         except Exception as error:  # pyarrow raises several types for a damaged file
             raise BatchValidationError(path, [f"not a readable Parquet file ({error})"]) from None
+    # Only the first line is decoded here: a bad byte further down is DuckDB's to report, by line.
+    with path.open("rb") as handle:
+        first_line = handle.readline()
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
-            return next(csv.reader(handle))
+        return next(csv.reader([first_line.decode("utf-8")]))
     except UnicodeDecodeError as error:
         raise BatchValidationError(
             path, [f"header is not UTF-8 text (byte {error.start}: {error.reason}); expected a UTF-8 CSV"]
@@ -197,7 +199,14 @@ def _rules(name: str, spec: ColumnSpec) -> list[tuple[str, str]]:
     rules = []
     if not spec.nullable:
         rules.append((f"{column} IS NULL", "a value in every row (nullable: false)"))
-    if sql_type != "VARCHAR":
+    if spec.type == "integer":
+        # TRY_CAST would round '3.5' to 4; a whole number is what the contract promises.
+        whole = rf"regexp_full_match(CAST({column} AS VARCHAR), '\s*[+-]?\d+(\.0*)?\s*')"
+        rules.append((f"{column} IS NOT NULL AND NOT ({whole} AND {typed} IS NOT NULL)", "integer values"))
+    elif spec.type == "float":
+        finite = f"isfinite(TRY_CAST({column} AS DOUBLE))"
+        rules.append((f"{column} IS NOT NULL AND NOT coalesce({finite}, false)", "finite float values"))
+    elif sql_type != "VARCHAR":
         rules.append((f"{column} IS NOT NULL AND {typed} IS NULL", f"{spec.type} values"))
     if spec.allowed is not None:
         allowed = ", ".join("'" + value.replace("'", "''") + "'" for value in spec.allowed)

@@ -54,6 +54,8 @@ class Warehouse:
         A batch being rebuilt by another run holds its file's write lock for a moment; readers
         wait for it (up to `timeout_s`) rather than fail.
         """
+        if not batch_ids:
+            raise ValueError(f"no batches given to read {table!r} from")
         frames = []
         for batch_id in batch_ids:
             path = self.batch_database(batch_id)
