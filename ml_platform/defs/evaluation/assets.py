@@ -57,6 +57,7 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
         group_name="evaluation",
         kinds={"mlflow"},
         code_version="1",
+        pool="model_registry",
         description="The batch's winner registered in the MLflow Model Registry: alias `champion` if it beats "
         "the current champion on this batch's held-out data by the configured margin, else `challenger`.",
     )

@@ -1,0 +1,88 @@
+"""Several batches at once, through the commands people and CI use, on one warehouse folder,
+one SQLite MLflow store and one Dagster instance: nothing is corrupted or locked out."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import yaml
+
+from ml_platform.lib.settings import PROJECT_ROOT, Settings
+from ml_platform_tests.conftest import small_config
+
+BIN = Path(sys.executable).parent
+
+
+def test_three_batches_materialized_at_once_all_succeed(tmp_path: Path):
+    home, dagster_home = tmp_path / "home", tmp_path / "dagster_home"
+    dagster_home.mkdir(parents=True)
+    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    config_path = tmp_path / "platform.yaml"
+    config = small_config()
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+        "ML_PLATFORM_HOME": str(home),
+        "ML_PLATFORM_CONFIG": str(config_path),
+        "DAGSTER_HOME": str(dagster_home),
+    }
+
+    def run(*args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            args, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+
+    for command in (["demo-data", "--batches", "3", "--rows", "2000"], ["batches", "scan"]):
+        setup = run(str(BIN / "ml-platform"), *command)
+        assert setup.wait(timeout=120) == 0, setup.stdout.read()
+
+    dagster = str(BIN / "dagster")
+    runs = {
+        # Two runs with a process per step (the three models train at the same time) ...
+        "batch_0001": run(dagster, "job", "execute", "-m", "ml_platform.definitions", "-j", "batch_pipeline_parallel",
+                          "--tags", json.dumps({"dagster/partition": "batch_0001"})),
+        "batch_0002": run(dagster, "job", "execute", "-m", "ml_platform.definitions", "-j", "batch_pipeline_parallel",
+                          "--tags", json.dumps({"dagster/partition": "batch_0002"})),
+        # ... and the command CI runs, all at once.
+        "batch_0003": run(dagster, "asset", "materialize", "-m", "ml_platform.definitions", "--select", "*",
+                          "--partition", "batch_0003"),
+    }
+    outputs = {batch: process.communicate(timeout=900)[0] for batch, process in runs.items()}
+    for batch, process in runs.items():
+        assert process.returncode == 0, f"{batch} failed:\n{outputs[batch][-5000:]}"
+
+    settings = Settings(home=home, config_path=config_path)
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        records = instance.get_run_records()
+        assert len(records) == 3
+        assert {r.dagster_run.tags["dagster/partition"] for r in records} == set(runs)
+        assert all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in records)
+        done = instance.get_materialized_partitions(dg.AssetKey("champion_model"))
+        assert done == set(runs)
+
+    for batch in runs:
+        with duckdb.connect(str(settings.warehouse_dir / f"{batch}.duckdb"), read_only=True) as con:
+            assert con.execute("SELECT count(*) FROM features").fetchone()[0] == 2000
+        assert json.loads((settings.reports_dir / batch / "evaluation_report.json").read_text())["batch"] == batch
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(settings.tracking_uri(config), registry_uri=settings.tracking_uri(config))
+    experiment = client.get_experiment_by_name(config.tracking.experiment_name)
+    mlflow_runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.tags["dagster.partition"] for r in mlflow_runs) == sorted(list(runs) * 3)
+    name = config.promotion.registered_model_name
+    assert len(client.search_model_versions(f"name='{name}'")) == 3
+    # The champion decisions ran one at a time (pool `model_registry`), so the champion is the
+    # last version that was promoted, and every promotion's reason refers to the one before it.
+    promoted = [v for v in (client.get_model_version(name, str(n)) for n in (1, 2, 3))
+                if not v.tags["promotion_reason"].startswith("does not beat")]
+    assert sum(v.tags["promotion_reason"].startswith("no current champion") for v in promoted) == 1
+    assert client.get_model_version_by_alias(name, "champion").version == max(int(v.version) for v in promoted)
