@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import os
 import shutil
 import sys
@@ -166,10 +165,6 @@ def run(
     import ml_platform.definitions as definitions
 
     job = definitions.defs.resolve_job_def("batch_pipeline")
-    if not verbose:
-        import mlflow  # noqa: F401  (configures its loggers on import; quiet them after)
-
-        logging.getLogger("mlflow").setLevel(logging.ERROR)
     failed = []
     for batch_id in targets:
         quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
@@ -227,6 +222,9 @@ def champion() -> None:
 
 
 def main() -> None:  # pragma: no cover - the console script
+    # MLflow narrates its housekeeping at INFO ("Creating initial MLflow database tables...");
+    # a person at the terminal wants the command's own output. Export the variable to see it.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     app(prog_name="ml-platform")
 
 

@@ -1,0 +1,114 @@
+"""The `ml-platform` command through its installed entry point, against temporary homes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ml_platform.lib.settings import PROJECT_ROOT
+from ml_platform_tests.conftest import small_config
+
+ML_PLATFORM = str(Path(sys.executable).parent / "ml-platform")
+
+
+@pytest.fixture
+def cli(tmp_path: Path):
+    config_path = tmp_path / "platform.yaml"
+    config_path.write_text(yaml.safe_dump(small_config().model_dump(mode="json")))
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
+        "ML_PLATFORM_HOME": str(tmp_path / "home"),
+        "ML_PLATFORM_CONFIG": str(config_path),
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "COLUMNS": "200",
+    }
+
+    def run(*args: str, check_exit: int | None = 0) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [ML_PLATFORM, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
+        )
+        if check_exit is not None:
+            assert result.returncode == check_exit, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+        return result
+
+    run.home = tmp_path / "home"
+    run.env = env
+    return run
+
+
+def test_demo_session_adds_batches_runs_them_and_shows_the_champion(cli):
+    written = cli("demo-data", "--batches", "2", "--rows", "1000")
+    assert written.stdout.count("wrote ") == 2
+    assert (cli.home / "data" / "incoming" / "batch_0002.csv").exists()
+
+    scanned = cli("batches", "scan")
+    assert "added 2 partition(s): batch_0001, batch_0002" in scanned.stdout
+    assert "added 0 partition(s)" in cli("batches", "scan").stdout  # scanning twice adds nothing
+
+    ran = cli("run", "--all")
+    assert "ok batch_0001" in ran.stdout and "ok batch_0002" in ran.stdout
+    assert (Path(cli.env["DAGSTER_HOME"]) / "dagster.yaml").exists()
+
+    listed = cli("batches", "list").stdout
+    assert "batch_0001" in listed and "yes" in listed
+
+    champion = cli("champion").stdout
+    assert "churn_classifier" in champion and "@champion" in champion
+    assert "roc_auc" in champion and "why:" in champion
+
+
+def test_failed_run_exits_non_zero_with_the_reason(cli):
+    cli("demo-data", "--batches", "1", "--rows", "1000")
+    incoming = cli.home / "data" / "incoming"
+    (incoming / "batch_0002.csv").write_text("customer_id,churned\nc1,0\n")
+    cli("batches", "scan")
+    result = cli("run", "batch_0002", check_exit=2)
+    assert "failed batch_0002" in result.stdout
+    assert "missing column(s)" in result.stdout
+    assert "1 of 1 batch run(s) failed" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["batches", "add", "../etc"], "invalid batch id '../etc'"),
+        (["batches", "add", "batch_0099"], "no file for batch 'batch_0099'"),
+        (["run", "batch_0099"], "unknown batch(es) batch_0099"),
+        (["run"], "nothing to run"),
+        (["champion"], "no champion yet"),
+        (["demo-data", "--format", "xlsx"], "--format must be csv or parquet"),
+    ],
+)
+def test_mistakes_get_one_clear_line_and_exit_2(cli, args, message):
+    result = cli(*args, check_exit=2)
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_config_is_reported_with_file_and_key(cli, tmp_path):
+    broken = yaml.safe_load(Path(cli.env["ML_PLATFORM_CONFIG"]).read_text())
+    broken["models"]["random_forest"]["params"]["n_estimators"] = -3
+    Path(cli.env["ML_PLATFORM_CONFIG"]).write_text(yaml.safe_dump(broken))
+    result = cli("demo-data", check_exit=2)
+    assert cli.env["ML_PLATFORM_CONFIG"] in result.stderr
+    assert "models.random_forest" in result.stderr and "n_estimators" in result.stderr
+
+
+def test_every_command_has_help_with_an_example(cli):
+    for command in (["demo-data"], ["batches", "scan"], ["batches", "add"], ["batches", "list"], ["run"], ["champion"]):
+        assert "Example:" in cli(*command, "--help").stdout
+
+
+def test_project_dagster_yaml_is_a_valid_instance_config(tmp_path):
+    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert instance.run_coordinator.__class__.__name__ == "QueuedRunCoordinator"
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1

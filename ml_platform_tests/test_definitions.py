@@ -1,0 +1,81 @@
+"""The code location as the UI and CI see it: a snapshot of the graph, and Dagster's own validation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from ml_platform.defs import build_definitions
+from ml_platform.lib.settings import PROJECT_ROOT, Settings
+from ml_platform_tests.conftest import small_config
+
+EXPECTED_GROUPS = {
+    "raw_batch": "ingestion",
+    "stg_batch": "features",
+    "features": "features",
+    "training_data": "training",
+    "gradient_boosting_model": "training",
+    "logistic_regression_model": "training",
+    "random_forest_model": "training",
+    "evaluation_report": "evaluation",
+    "champion_model": "evaluation",
+}
+EXPECTED_CHECKS = {
+    ("stg_batch", "not_null_stg_batch_batch_id"),
+    ("features", "not_null_features_batch_id"),
+    ("features", "features_have_unique_ids"),
+    ("features", "features_target_has_no_nulls"),
+    ("features", "churn_features_are_in_range"),
+}
+
+
+def graph(defs: dg.Definitions):
+    return defs.resolve_asset_graph()
+
+
+def test_assets_are_grouped_by_stage_and_partitioned_by_batch(tmp_path: Path):
+    defs = build_definitions(small_config(), Settings(home=tmp_path, config_path=tmp_path / "unused.yaml"))
+    asset_graph = graph(defs)
+    groups = {key.to_user_string(): asset_graph.get(key).group_name for key in asset_graph.get_all_asset_keys()}
+    assert groups == EXPECTED_GROUPS
+    for key in asset_graph.get_all_asset_keys():
+        assert asset_graph.get(key).partitions_def == dg.DynamicPartitionsDefinition(name="batches")
+    checks = {(key.asset_key.to_user_string(), key.name) for key in asset_graph.asset_check_keys}
+    assert checks == EXPECTED_CHECKS
+    assert {job.name for job in defs.resolve_all_job_defs()} >= {"batch_pipeline", "batch_pipeline_parallel"}
+
+
+def test_the_graph_flows_from_ingestion_to_the_champion(tmp_path: Path):
+    asset_graph = graph(build_definitions(small_config(), Settings(home=tmp_path, config_path=tmp_path / "x.yaml")))
+
+    def parents(name: str) -> set[str]:
+        return {key.to_user_string() for key in asset_graph.get(dg.AssetKey(name)).parent_keys}
+
+    assert parents("stg_batch") == {"raw_batch"}
+    assert parents("features") == {"stg_batch"}
+    assert parents("training_data") == {"features"}
+    assert parents("random_forest_model") == {"training_data"}
+    assert parents("evaluation_report") == {"random_forest_model", "gradient_boosting_model", "logistic_regression_model"}
+    assert parents("champion_model") == {"evaluation_report", "training_data"}
+
+
+def test_one_model_asset_per_configured_algorithm(tmp_path: Path):
+    config = small_config(**{"models": {"shallow_forest": {"type": "random_forest"}, "boosted": {"type": "gradient_boosting"}}})
+    keys = {k.to_user_string() for k in graph(build_definitions(config, Settings(tmp_path, tmp_path / "x"))).get_all_asset_keys()}
+    assert {"shallow_forest_model", "boosted_model"} <= keys
+    assert "random_forest_model" not in keys
+
+
+def test_dagster_definitions_validate_passes_with_only_the_venv_binary(tmp_path: Path):
+    # No venv on PATH: dagster-dbt must still find dbt (set from the interpreter's folder).
+    env = {**os.environ, "PATH": "/usr/bin:/bin", "DAGSTER_HOME": str(tmp_path), "ML_PLATFORM_HOME": str(tmp_path)}
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "All code locations passed validation" in result.stderr + result.stdout
