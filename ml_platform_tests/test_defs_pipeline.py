@@ -165,3 +165,44 @@ def test_cumulative_window_trains_on_every_batch_up_to_this_one(platform: Platfo
     data = result.output_for_node("training_data")
     assert data.batches == ["batch_0001", "batch_0002"]
     assert len(data.split.train) + len(data.split.test) == 2000
+
+
+def test_bring_your_own_regression_data_in_parquet(platform: PlatformUnderTest):
+    """A user's own data set: another target, the regression task, Parquet files, no dbt to write."""
+    from ml_platform.lib.config import PlatformConfig
+    from ml_platform.lib.demo_data import generate_churn_batch
+
+    columns = {
+        "customer_id": {"type": "string", "nullable": False},
+        "tenure_months": {"type": "integer", "nullable": False, "min": 0},
+        "internet_service": {"type": "category", "nullable": False, "allowed": ["dsl", "fiber_optic", "none"]},
+        "num_products": {"type": "integer", "nullable": False, "min": 1},
+        "monthly_charges": {"type": "float", "nullable": False, "min": 0},
+    }
+    config = PlatformConfig.model_validate(
+        {
+            "data": {"name": "charges", "incoming_dir": "data/charges", "file_format": "parquet",
+                     "task": "regression", "target": "monthly_charges", "id_column": "customer_id",
+                     "columns": columns},
+            "models": {"ridge": {"type": "ridge"}, "forest": {"type": "random_forest", "params": {"n_estimators": 20}},
+                       "boosting": {"type": "gradient_boosting", "params": {"n_estimators": 30}}},
+        }
+    )
+    frame = generate_churn_batch(1, 2000)[list(columns)]
+    path = platform.settings.incoming_dir(config) / "month_01.parquet"
+    path.parent.mkdir(parents=True)
+    frame.to_parquet(path, index=False)
+    platform.instance.add_dynamic_partitions("batches", ["month_01"])
+
+    result = platform.materialize("month_01", config=config)
+
+    assert result.success
+    report = result.output_for_node("evaluation_report")
+    assert report["primary_metric"] == "rmse" and report["mode"] == "min"
+    assert set(report["candidates"]) == {"ridge", "forest", "boosting"}
+    for candidate in report["candidates"].values():
+        assert set(candidate["metrics"]) >= {"rmse", "mae", "r2"}
+        assert candidate["metrics"]["r2"] > 0.5  # price follows the internet service and products
+    client = platform.mlflow(config).client()
+    champion = client.get_model_version_by_alias("charges_regression", "champion")
+    assert "rmse=" in champion.tags["promotion_reason"]
