@@ -11,7 +11,6 @@ import io
 import os
 import shutil
 import sys
-from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer

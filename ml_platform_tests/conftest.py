@@ -95,4 +95,3 @@ def _platform(home: Path, monkeypatch: pytest.MonkeyPatch, config: PlatformConfi
     (home / "dagster_home").mkdir(parents=True, exist_ok=True)
     with dg.instance_for_test(temp_dir=str(home / "dagster_home")) as instance:
         yield PlatformUnderTest(settings, config, instance)
-

@@ -46,13 +46,40 @@ def test_three_batches_materialized_at_once_all_succeed(tmp_path: Path):
     dagster = str(BIN / "dagster")
     runs = {
         # Two runs with a process per step (the three models train at the same time) ...
-        "batch_0001": run(dagster, "job", "execute", "-m", "ml_platform.definitions", "-j", "batch_pipeline_parallel",
-                          "--tags", json.dumps({"dagster/partition": "batch_0001"})),
-        "batch_0002": run(dagster, "job", "execute", "-m", "ml_platform.definitions", "-j", "batch_pipeline_parallel",
-                          "--tags", json.dumps({"dagster/partition": "batch_0002"})),
+        "batch_0001": run(
+            dagster,
+            "job",
+            "execute",
+            "-m",
+            "ml_platform.definitions",
+            "-j",
+            "batch_pipeline_parallel",
+            "--tags",
+            json.dumps({"dagster/partition": "batch_0001"}),
+        ),
+        "batch_0002": run(
+            dagster,
+            "job",
+            "execute",
+            "-m",
+            "ml_platform.definitions",
+            "-j",
+            "batch_pipeline_parallel",
+            "--tags",
+            json.dumps({"dagster/partition": "batch_0002"}),
+        ),
         # ... and the command CI runs, all at once.
-        "batch_0003": run(dagster, "asset", "materialize", "-m", "ml_platform.definitions", "--select", "*",
-                          "--partition", "batch_0003"),
+        "batch_0003": run(
+            dagster,
+            "asset",
+            "materialize",
+            "-m",
+            "ml_platform.definitions",
+            "--select",
+            "*",
+            "--partition",
+            "batch_0003",
+        ),
     }
     outputs = {batch: process.communicate(timeout=900)[0] for batch, process in runs.items()}
     for batch, process in runs.items():
@@ -82,7 +109,10 @@ def test_three_batches_materialized_at_once_all_succeed(tmp_path: Path):
     assert len(client.search_model_versions(f"name='{name}'")) == 3
     # The champion decisions ran one at a time (pool `model_registry`), so the champion is the
     # last version that was promoted, and every promotion's reason refers to the one before it.
-    promoted = [v for v in (client.get_model_version(name, str(n)) for n in (1, 2, 3))
-                if not v.tags["promotion_reason"].startswith("does not beat")]
+    promoted = [
+        v
+        for v in (client.get_model_version(name, str(n)) for n in (1, 2, 3))
+        if not v.tags["promotion_reason"].startswith("does not beat")
+    ]
     assert sum(v.tags["promotion_reason"].startswith("no current champion") for v in promoted) == 1
     assert client.get_model_version_by_alias(name, "champion").version == max(int(v.version) for v in promoted)

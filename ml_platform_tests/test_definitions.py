@@ -59,13 +59,22 @@ def test_the_graph_flows_from_ingestion_to_the_champion(tmp_path: Path):
     assert parents("features") == {"stg_batch"}
     assert parents("training_data") == {"features"}
     assert parents("random_forest_model") == {"training_data"}
-    assert parents("evaluation_report") == {"random_forest_model", "gradient_boosting_model", "logistic_regression_model"}
+    assert parents("evaluation_report") == {
+        "random_forest_model",
+        "gradient_boosting_model",
+        "logistic_regression_model",
+    }
     assert parents("champion_model") == {"evaluation_report", "training_data"}
 
 
 def test_one_model_asset_per_configured_algorithm(tmp_path: Path):
-    config = small_config(**{"models": {"shallow_forest": {"type": "random_forest"}, "boosted": {"type": "gradient_boosting"}}})
-    keys = {k.to_user_string() for k in graph(build_definitions(config, Settings(tmp_path, tmp_path / "x"))).get_all_asset_keys()}
+    config = small_config(
+        **{"models": {"shallow_forest": {"type": "random_forest"}, "boosted": {"type": "gradient_boosting"}}}
+    )
+    keys = {
+        k.to_user_string()
+        for k in graph(build_definitions(config, Settings(tmp_path, tmp_path / "x"))).get_all_asset_keys()
+    }
     assert {"shallow_forest_model", "boosted_model"} <= keys
     assert "random_forest_model" not in keys
 
@@ -75,7 +84,11 @@ def test_dagster_definitions_validate_passes_with_only_the_venv_binary(tmp_path:
     env = {**os.environ, "PATH": "/usr/bin:/bin", "DAGSTER_HOME": str(tmp_path), "ML_PLATFORM_HOME": str(tmp_path)}
     result = subprocess.run(
         [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "All code locations passed validation" in result.stderr + result.stdout

@@ -93,7 +93,9 @@ def stored_state(platform: PlatformUnderTest) -> dict:
         "warehouse_files": sorted(p.name for p in platform.settings.warehouse_dir.iterdir()),
         "model_versions": sorted(str(v.version) for v in client.search_model_versions(f"name='{name}'")),
         "champion": str(client.get_model_version_by_alias(name, "champion").version),
-        "mlflow_runs": len(client.search_runs([client.get_experiment_by_name(platform.config.tracking.experiment_name).experiment_id])),
+        "mlflow_runs": len(
+            client.search_runs([client.get_experiment_by_name(platform.config.tracking.experiment_name).experiment_id])
+        ),
     }
 
 

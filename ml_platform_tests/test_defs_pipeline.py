@@ -70,7 +70,11 @@ def test_one_mlflow_run_per_model_per_batch_with_provenance(two_batches):
     experiment = client.get_experiment_by_name(platform.config.tracking.experiment_name)
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 3 * 2
-    run = next(r for r in runs if r.data.tags["dagster.partition"] == "batch_0001" and r.data.tags["model_name"] == "random_forest")
+    run = next(
+        r
+        for r in runs
+        if r.data.tags["dagster.partition"] == "batch_0001" and r.data.tags["model_name"] == "random_forest"
+    )
     tags = run.data.tags
     assert tags["dagster.run_id"] == results["batch_0001"].run_id
     assert tags["dagster.asset_key"] == "random_forest_model"
@@ -82,10 +86,20 @@ def test_one_mlflow_run_per_model_per_batch_with_provenance(two_batches):
     assert run.data.params["model_type"] == "random_forest"
     assert set(run.data.metrics) >= {"f1", "roc_auc", "precision", "recall", "accuracy"}
     assert 0.6 < run.data.metrics["roc_auc"] <= 1.0
-    logged = [model for model in client.search_logged_models([experiment.experiment_id]) if model.source_run_id == run.info.run_id]
+    logged = [
+        model
+        for model in client.search_logged_models([experiment.experiment_id])
+        if model.source_run_id == run.info.run_id
+    ]
     assert len(logged) == 1
     from mlflow.models import get_model_info
 
+    event = next(
+        e
+        for e in results["batch_0001"].get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey("random_forest_model")
+    )
+    assert event.materialization.metadata["mlflow_run"].value.endswith(f"/runs/{run.info.run_id}")
     info = get_model_info(logged[0].model_uri)
     assert info.signature is not None and "tenure_months" in info.signature.inputs.input_names()
 
@@ -98,7 +112,8 @@ def test_evaluation_report_names_winner_in_metadata_and_json(two_batches):
     on_disk = json.loads((platform.settings.reports_dir / "batch_0001" / "evaluation_report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     event = next(
-        e for e in results["batch_0001"].get_asset_materialization_events()
+        e
+        for e in results["batch_0001"].get_asset_materialization_events()
         if e.asset_key == dg.AssetKey("evaluation_report")
     )
     table = event.materialization.metadata["metrics"].value
@@ -181,11 +196,20 @@ def test_bring_your_own_regression_data_in_parquet(platform: PlatformUnderTest):
     }
     config = PlatformConfig.model_validate(
         {
-            "data": {"name": "charges", "incoming_dir": "data/charges", "file_format": "parquet",
-                     "task": "regression", "target": "monthly_charges", "id_column": "customer_id",
-                     "columns": columns},
-            "models": {"ridge": {"type": "ridge"}, "forest": {"type": "random_forest", "params": {"n_estimators": 20}},
-                       "boosting": {"type": "gradient_boosting", "params": {"n_estimators": 30}}},
+            "data": {
+                "name": "charges",
+                "incoming_dir": "data/charges",
+                "file_format": "parquet",
+                "task": "regression",
+                "target": "monthly_charges",
+                "id_column": "customer_id",
+                "columns": columns,
+            },
+            "models": {
+                "ridge": {"type": "ridge"},
+                "forest": {"type": "random_forest", "params": {"n_estimators": 20}},
+                "boosting": {"type": "gradient_boosting", "params": {"n_estimators": 30}},
+            },
         }
     )
     frame = generate_churn_batch(1, 2000)[list(columns)]

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from ml_platform.lib.batches import InvalidBatchIdError, batch_file, discover_batches, validate_batch_id
+from ml_platform.lib.batches import (
+    InvalidBatchIdError,
+    batch_file,
+    batches_up_to,
+    discover_batches,
+    validate_batch_id,
+)
 
 
 @pytest.mark.parametrize("batch_id", ["batch_0001", "2024-01-05", "a.b", "B", "x" * 64])
@@ -76,3 +82,9 @@ def test_discover_batches_finds_only_the_configured_format(tmp_path):
 
 def test_discover_batches_in_an_empty_directory_finds_nothing(tmp_path):
     assert discover_batches(tmp_path, "csv") == {}
+
+
+def test_cumulative_window_takes_earlier_ready_batches_in_order_then_the_current_one():
+    ordered = ["b1", "b2", "bad", "b3", "b4"]
+    assert batches_up_to(ordered, "b3", ready={"b1", "b2", "b4"}) == ["b1", "b2", "b3"]
+    assert batches_up_to(ordered, "b1", ready={"b1", "b2"}) == ["b1"]

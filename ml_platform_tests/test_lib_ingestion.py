@@ -61,8 +61,12 @@ def test_good_csv_batch_loads_with_contract_types_rows_nulls_and_hash(tmp_path, 
 
     summary = ingest_batch(path, data, con)
 
-    column_types = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns "
-                                    "WHERE table_name = 'raw_batch' ORDER BY ordinal_position").fetchall())
+    column_types = dict(
+        con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = 'raw_batch' ORDER BY ordinal_position"
+        ).fetchall()
+    )
     assert column_types == {name: SQL_TYPES[spec.type] for name, spec in data.columns.items()}
     assert summary == BatchSummary(
         rows=ROWS,
@@ -101,8 +105,11 @@ def test_good_parquet_batch_loads_with_contract_types(tmp_path, data, con):
 
     summary = ingest_batch(path, parquet, con)
 
-    column_types = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns "
-                                    "WHERE table_name = 'raw_batch'").fetchall())
+    column_types = dict(
+        con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'raw_batch'"
+        ).fetchall()
+    )
     assert column_types == {name: SQL_TYPES[spec.type] for name, spec in data.columns.items()}
     assert summary.rows == ROWS
     assert summary.content_hash == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -155,8 +162,10 @@ def _single_class(frame: pd.DataFrame) -> pd.DataFrame:
         ),
         pytest.param(
             _set("contract_type", 2, "weekly"),
-            ["column 'contract_type': expected one of ['month-to-month', 'one_year', 'two_year']; "
-             "data row 3 has 'weekly'"],
+            [
+                "column 'contract_type': expected one of ['month-to-month', 'one_year', 'two_year']; "
+                "data row 3 has 'weekly'"
+            ],
             id="unknown-category",
         ),
         pytest.param(

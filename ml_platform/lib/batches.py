@@ -46,3 +46,13 @@ def discover_batches(incoming_dir: Path, file_format: str) -> dict[str, Path]:
         except InvalidBatchIdError:
             continue
     return found
+
+
+def batches_up_to(ordered_batches: list[str], current: str, ready: set[str]) -> list[str]:
+    """The cumulative training window: every earlier batch whose features are built, then `current`.
+
+    Batches that were rejected at ingestion or not yet run have no features and are left out
+    rather than failing the window.
+    """
+    earlier = ordered_batches[: ordered_batches.index(current)]
+    return [batch_id for batch_id in earlier if batch_id in ready] + [current]

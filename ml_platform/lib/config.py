@@ -125,9 +125,7 @@ class ModelSpec(StrictModel):
     @model_validator(mode="after")
     def _known_type_and_params(self) -> ModelSpec:
         if self.type not in PARAMS_BY_MODEL_TYPE:
-            raise ValueError(
-                f"unknown model type {self.type!r}; allowed: {', '.join(sorted(PARAMS_BY_MODEL_TYPE))}"
-            )
+            raise ValueError(f"unknown model type {self.type!r}; allowed: {', '.join(sorted(PARAMS_BY_MODEL_TYPE))}")
         try:
             validate_model_params(self.type, self.params)
         except ValidationError as error:
@@ -184,7 +182,8 @@ class PlatformConfig(StrictModel):
                 raise ValueError(f"model name {name!r} must be a Python identifier (it names an asset)")
             if spec.type not in allowed:
                 raise ValueError(
-                    f"models.{name}: type {spec.type!r} does not fit task {self.data.task!r}; allowed: {', '.join(allowed)}"
+                    f"models.{name}: type {spec.type!r} does not fit task {self.data.task!r}; "
+                    f"allowed: {', '.join(allowed)}"
                 )
         metrics = METRIC_DIRECTIONS[self.data.task]
         if self.promotion.primary_metric is None:

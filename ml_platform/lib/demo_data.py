@@ -18,9 +18,7 @@ INTERNET_SERVICES = ("dsl", "fiber_optic", "none")
 REGIONS = ("north", "south", "east", "west")
 
 
-def generate_churn_batch(
-    batch_number: int, n_rows: int, seed: int = 42, drift: float = 0.0
-) -> pd.DataFrame:
+def generate_churn_batch(batch_number: int, n_rows: int, seed: int = 42, drift: float = 0.0) -> pd.DataFrame:
     """One batch of customers; the same (batch_number, n_rows, seed, drift) gives the same rows.
 
     `drift` moves prices up and the churn rate of fibre customers with each batch, so a
@@ -39,12 +37,8 @@ def generate_churn_batch(
     age = np.clip(rng.normal(45, 15, size=n_rows), 18, 90).astype(int)
     support_tickets = rng.poisson(1.2, size=n_rows)
     num_products = 1 + rng.binomial(4, 0.3, size=n_rows)
-    base_price = np.select(
-        [internet == "fiber_optic", internet == "dsl"], [80.0, 55.0], default=25.0
-    )
-    monthly = np.round(
-        np.clip(base_price * (1 + shift) + 8 * num_products + rng.normal(0, 8, n_rows), 18, 250), 2
-    )
+    base_price = np.select([internet == "fiber_optic", internet == "dsl"], [80.0, 55.0], default=25.0)
+    monthly = np.round(np.clip(base_price * (1 + shift) + 8 * num_products + rng.normal(0, 8, n_rows), 18, 250), 2)
     total = np.round(monthly * np.maximum(tenure, 1) * rng.uniform(0.9, 1.05, n_rows), 2)
 
     logit = (

@@ -88,7 +88,7 @@ def ingest_batch(
         )
         con.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT {casts} FROM landed ORDER BY _row')
         null_sums = ", ".join(f'count(*) - count("{name}")' for name in data.columns)
-        null_counts = dict(zip(data.columns, con.execute(f'SELECT {null_sums} FROM "{table}"').fetchone()))
+        null_counts = dict(zip(data.columns, con.execute(f'SELECT {null_sums} FROM "{table}"').fetchone(), strict=True))
     finally:
         con.execute("DROP TABLE IF EXISTS landed")
     return BatchSummary(
@@ -144,9 +144,7 @@ def _land(path: Path, header: list[str], con: duckdb.DuckDBPyConnection, data: D
             f"strict_mode=true, null_padding=false, columns={columns})"
         )
     try:
-        con.execute(
-            f"CREATE TEMP TABLE landed AS SELECT row_number() OVER () AS _row, * FROM {source}", [str(path)]
-        )
+        con.execute(f"CREATE TEMP TABLE landed AS SELECT row_number() OVER () AS _row, * FROM {source}", [str(path)])
     except duckdb.Error as error:
         raise BatchValidationError(path, [_first_lines_of(error)]) from None
 
@@ -166,7 +164,7 @@ def _contract_problems(con: duckdb.DuckDBPyConnection, data: DataConfig) -> list
     for name, spec in data.columns.items():
         for condition, expected in _rules(name, spec):
             count, row, value = con.execute(
-                f"SELECT count(*), min(_row), arg_min(CAST(\"{name}\" AS VARCHAR), _row) FROM landed WHERE {condition}"
+                f'SELECT count(*), min(_row), arg_min(CAST("{name}" AS VARCHAR), _row) FROM landed WHERE {condition}'
             ).fetchone()
             if count:
                 shown = "empty" if value is None else repr(value)
@@ -179,9 +177,8 @@ def _contract_problems(con: duckdb.DuckDBPyConnection, data: DataConfig) -> list
         f'WHERE "{data.id_column}" IS NOT NULL GROUP BY 1 HAVING count(*) > 1 ORDER BY min(_row) LIMIT 3'
     ).fetchall()
     for value, rows in duplicates:
-        problems.append(
-            f"column '{data.id_column}': expected unique ids; {value!r} appears in data rows {', '.join(map(str, rows[:5]))}"
-        )
+        shown = ", ".join(map(str, rows[:5]))
+        problems.append(f"column '{data.id_column}': expected unique ids; {value!r} appears in data rows {shown}")
     if data.task == "classification" and not problems:
         classes = [row[0] for row in con.execute(f'SELECT DISTINCT "{data.target}" FROM landed ORDER BY 1').fetchall()]
         if len(classes) < 2:

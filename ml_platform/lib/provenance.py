@@ -20,8 +20,11 @@ def frame_hash(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
+REPO_DIR = Path(__file__).resolve().parents[2]
+
+
 @cache
-def code_version(repo_dir: Path = Path(__file__).resolve().parents[2]) -> str:
+def code_version(repo_dir: Path = REPO_DIR) -> str:
     """The git commit the code runs from, with `-dirty` when the work tree has changes."""
     try:
         sha = subprocess.run(
@@ -29,7 +32,11 @@ def code_version(repo_dir: Path = Path(__file__).resolve().parents[2]) -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=repo_dir, capture_output=True, text=True, check=True, timeout=10,
+            cwd=repo_dir,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -25,6 +25,8 @@ class MlflowTrackingResource(dg.ConfigurableResource):
     tracking_uri: str
     artifact_location: str
     experiment_name: str
+    # Where people open MLflow's UI; with a SQLite store that is `mlflow ui` started locally.
+    ui_url: str = "http://127.0.0.1:5000"
 
     _experiment_id: str | None = PrivateAttr(default=None)
 
@@ -69,9 +71,10 @@ class MlflowTrackingResource(dg.ConfigurableResource):
     ) -> tuple[str, str]:
         """One finished run: params, metrics and tags in batched writes, the fitted model with
         its signature and input example, and JSON artifacts. Returns (run_id, model_uri)."""
-        import mlflow
         import mlflow.sklearn
         from mlflow.models import infer_signature
+
+        import mlflow
 
         experiment_id = self.experiment_id()
         signature = infer_signature(input_example, model.predict(input_example))
@@ -93,11 +96,10 @@ class MlflowTrackingResource(dg.ConfigurableResource):
                 )
         return run.info.run_id, info.model_uri
 
-    def run_url(self, run_id: str) -> str | None:
-        """The run's page in MLflow's UI, when the tracking store is a server."""
-        if self.tracking_uri.startswith(("http://", "https://")):
-            return f"{self.tracking_uri.rstrip('/')}/#/experiments/{self.experiment_id()}/runs/{run_id}"
-        return None
+    def run_url(self, run_id: str) -> str:
+        """The run's page in MLflow's UI: the tracking server's own, or `ui_url` for a local store."""
+        server = self.tracking_uri if self.tracking_uri.startswith(("http://", "https://")) else self.ui_url
+        return f"{server.rstrip('/')}/#/experiments/{self.experiment_id()}/runs/{run_id}"
 
     def champion_version(self, model_name: str, alias: str = "champion"):
         """The model version holding `alias`, or None when there is none yet."""

@@ -36,8 +36,13 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
             "mode": mode,
             "winner": winner,
             "candidates": {
-                c.name: {"model_type": c.model_type, "metrics": c.metrics, "params": c.params,
-                         "mlflow_run_id": c.run_id, "model_uri": c.model_uri}
+                c.name: {
+                    "model_type": c.model_type,
+                    "metrics": c.metrics,
+                    "params": c.params,
+                    "mlflow_run_id": c.run_id,
+                    "model_uri": c.model_uri,
+                }
                 for c in candidates.values()
             },
         }
@@ -100,8 +105,12 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
                 "reason": decision.reason,
                 "champion_version": str(current),
                 f"challenger_{metric}": dg.MetadataValue.float(challenger_score),
-                **({f"previous_champion_{metric}": dg.MetadataValue.float(champion_score)} if champion_score is not None else {}),
-                "mlflow_run_id": winner["mlflow_run_id"],
+                **(
+                    {f"previous_champion_{metric}": dg.MetadataValue.float(champion_score)}
+                    if champion_score is not None
+                    else {}
+                ),
+                "mlflow_run": dg.MetadataValue.url(mlflow.run_url(winner["mlflow_run_id"])),
             }
         )
 

@@ -24,9 +24,7 @@ def build_ingestion_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
     )
     def raw_batch(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
         source = batch_file(Path(warehouse.incoming_dir), context.partition_key, data.file_format)
-        summary = warehouse.warehouse.replace_batch(
-            context.partition_key, lambda con: ingest_batch(source, data, con)
-        )
+        summary = warehouse.warehouse.replace_batch(context.partition_key, lambda con: ingest_batch(source, data, con))
         context.log.info(f"Ingested {summary.rows} rows of {source} (sha256 {summary.content_hash[:12]})")
         null_rows = "\n".join(
             f"| {column} | {count} | {count / summary.rows:.2%} |" for column, count in summary.null_counts.items()
@@ -37,7 +35,9 @@ def build_ingestion_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
                 "columns": len(summary.columns),
                 "content_hash": summary.content_hash,
                 "source_file": dg.MetadataValue.path(str(source)),
-                "warehouse_database": dg.MetadataValue.path(str(warehouse.warehouse.batch_database(context.partition_key))),
+                "warehouse_database": dg.MetadataValue.path(
+                    str(warehouse.warehouse.batch_database(context.partition_key))
+                ),
                 "null_counts": dg.MetadataValue.md("| column | nulls | rate |\n|---|---|---|\n" + null_rows),
             },
             data_version=dg.DataVersion(summary.content_hash),

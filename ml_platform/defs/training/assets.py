@@ -6,6 +6,7 @@ from typing import Any
 import dagster as dg
 
 from ml_platform.defs.partitions import batch_partitions
+from ml_platform.lib.batches import batches_up_to
 from ml_platform.lib.config import ModelSpec, PlatformConfig, validate_model_params
 from ml_platform.lib.evaluation import score
 from ml_platform.lib.provenance import code_version, frame_hash, library_versions
@@ -71,11 +72,13 @@ def build_training_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
 
 
 def training_window(context: dg.AssetExecutionContext, window: str) -> list[str]:
-    """This batch alone, or every batch added up to and including it."""
     if window == "batch":
         return [context.partition_key]
-    keys = context.instance.get_dynamic_partitions(batch_partitions.name)
-    return keys[: keys.index(context.partition_key) + 1]
+    return batches_up_to(
+        context.instance.get_dynamic_partitions(batch_partitions.name),
+        context.partition_key,
+        ready=context.instance.get_materialized_partitions(FEATURES_KEY),
+    )
 
 
 def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> dg.AssetsDefinition:
@@ -123,7 +126,6 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
             artifacts={"platform.json": platform.model_dump(mode="json")},
         )
         context.log.info(f"{name}: {metrics} (MLflow run {run_id})")
-        run_url = mlflow.run_url(run_id)
         return dg.Output(
             TrainedCandidate(name, spec.type, fitted.params, metrics, run_id, model_uri),
             metadata={
@@ -131,7 +133,7 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
                 "fit_seconds": fitted.fit_seconds,
                 "mlflow_run_id": run_id,
                 "model_uri": model_uri,
-                **({"mlflow_run": dg.MetadataValue.url(run_url)} if run_url else {}),
+                "mlflow_run": dg.MetadataValue.url(mlflow.run_url(run_id)),
             },
         )
 
