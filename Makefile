@@ -22,7 +22,8 @@ install:
 # the CLI and CI do not, so set-up parses the dbt project itself.
 prepare: install
 	$(RUN) dbt parse --quiet --project-dir $(DBT_DIR) --profiles-dir $(DBT_DIR)
-	@mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/dagster.yaml 2>/dev/null || true
+	@# The instance reads the project's dagster.yaml through a link, so edits apply at once.
+	@mkdir -p $(DAGSTER_HOME) && [ -e $(DAGSTER_HOME)/dagster.yaml ] || ln -s $(CURDIR)/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
 demo: prepare
 	$(RUN) ml-platform demo-data --batches $(DEMO_BATCHES) --rows $(DEMO_ROWS) --drift 0.03
@@ -39,6 +40,7 @@ demo: prepare
 	@echo "  MLflow:  $(RUN) mlflow ui --backend-store-uri sqlite:///$(ML_PLATFORM_HOME)/mlflow/mlflow.db --host 127.0.0.1 --port 5000"
 
 test: prepare
+	$(RUN) ruff check ml_platform ml_platform_tests
 	$(RUN) pytest
 
 clean:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import sys
 from typing import Annotated, NoReturn
 
@@ -42,13 +41,13 @@ def _load_config(settings: Settings):
 
 
 def _instance(settings: Settings):
-    """The project's Dagster instance; a new DAGSTER_HOME gets the project's dagster.yaml."""
+    """The project's Dagster instance; a new DAGSTER_HOME links to the project's dagster.yaml."""
     import dagster as dg
 
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
-        shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+        (home / "dagster.yaml").symlink_to(PROJECT_ROOT / "dagster.yaml")
     os.environ["DAGSTER_HOME"] = str(home)
     return dg.DagsterInstance.get()
 

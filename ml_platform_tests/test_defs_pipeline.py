@@ -230,3 +230,28 @@ def test_bring_your_own_regression_data_in_parquet(platform: PlatformUnderTest):
     client = platform.mlflow(config).client()
     champion = client.get_model_version_by_alias("charges_regression", "champion")
     assert "rmse=" in champion.tags["promotion_reason"]
+
+
+def test_hyperparameters_can_be_overridden_at_launch_and_are_validated(platform: PlatformUnderTest):
+    (batch,) = platform.write_batches(1, rows=1000)
+    upstream = ["raw_batch", "stg_batch", "features", "training_data"]
+    assert platform.materialize(batch, selection=upstream).success
+
+    launched = platform.materialize(
+        batch,
+        selection=["random_forest_model"],
+        run_config={"ops": {"random_forest_model": {"config": {"params": {"n_estimators": 7}}}}},
+    )
+    candidate = launched.output_for_node("random_forest_model")
+    assert candidate.params["n_estimators"] == 7
+    run = platform.mlflow().client().get_run(candidate.run_id)
+    assert run.data.params["n_estimators"] == "7"
+    assert run.data.params["max_depth"] == "6"  # the rest still comes from the config file
+
+    with pytest.raises(Exception, match="n_estimators") as refused:
+        platform.materialize(
+            batch,
+            selection=["random_forest_model"],
+            run_config={"ops": {"random_forest_model": {"config": {"params": {"n_estimators": -1}}}}},
+        )
+    assert "greater than 0" in str(refused.value)
