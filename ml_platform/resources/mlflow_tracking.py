@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
 from filelock import FileLock
@@ -74,8 +75,6 @@ class MlflowTrackingResource(dg.ConfigurableResource):
         import mlflow.sklearn
         from mlflow.models import infer_signature
 
-        import mlflow
-
         experiment_id = self.experiment_id()
         signature = infer_signature(input_example, model.predict(input_example))
         with self.write_lock():
@@ -99,7 +98,10 @@ class MlflowTrackingResource(dg.ConfigurableResource):
     def run_url(self, run_id: str) -> str:
         """The run's page in MLflow's UI: the tracking server's own, or `ui_url` for a local store."""
         server = self.tracking_uri if self.tracking_uri.startswith(("http://", "https://")) else self.ui_url
-        return f"{server.rstrip('/')}/#/experiments/{self.experiment_id()}/runs/{run_id}"
+        # Credentials in a tracking URI (https://user:token@host) must not reach asset metadata.
+        parts = urlsplit(server)
+        public = urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
+        return f"{public.rstrip('/')}/#/experiments/{self.experiment_id()}/runs/{run_id}"
 
     def champion_version(self, model_name: str, alias: str = "champion"):
         """The model version holding `alias`, or None when there is none yet."""

@@ -1,0 +1,49 @@
+"""The MLflow resource's own rules: links without credentials, one writer for a SQLite store."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
+
+
+def resource(tracking_uri: str, tmp_path) -> MlflowTrackingResource:
+    return MlflowTrackingResource(
+        tracking_uri=tracking_uri, artifact_location=str(tmp_path / "artifacts"), experiment_name="e"
+    )
+
+
+def test_run_links_never_carry_credentials_of_the_tracking_uri(tmp_path):
+    tracking = resource("https://bob:s3cret@mlflow.example.com:8443/", tmp_path)
+    tracking._experiment_id = "3"
+    url = tracking.run_url("abc")
+    assert url == "https://mlflow.example.com:8443/#/experiments/3/runs/abc"
+    assert "s3cret" not in url
+
+
+def test_run_links_for_a_local_store_point_at_the_local_ui(tmp_path):
+    tracking = resource(f"sqlite:///{tmp_path}/mlflow.db", tmp_path)
+    tracking._experiment_id = "1"
+    assert tracking.run_url("r") == "http://127.0.0.1:5000/#/experiments/1/runs/r"
+
+
+def test_sqlite_writes_are_serialised(tmp_path):
+    tracking = resource(f"sqlite:///{tmp_path}/mlflow.db", tmp_path)
+    inside, overlaps = [], []
+
+    def write():
+        with tracking.write_lock():
+            if inside:
+                overlaps.append(True)
+            inside.append(True)
+            time.sleep(0.05)
+            inside.pop()
+
+    threads = [threading.Thread(target=write) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlaps == []
+    assert (tmp_path / "mlflow.db.lock").exists()
