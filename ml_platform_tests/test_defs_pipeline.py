@@ -9,6 +9,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from ml_platform.lib.demo_data import generate_churn_batch
 from ml_platform.lib.provenance import code_version
 from ml_platform_tests.conftest import PlatformUnderTest, small_config
 
@@ -185,7 +186,6 @@ def test_cumulative_window_trains_on_every_batch_up_to_this_one(platform: Platfo
 def test_bring_your_own_regression_data_in_parquet(platform: PlatformUnderTest):
     """A user's own data set: another target, the regression task, Parquet files, no dbt to write."""
     from ml_platform.lib.config import PlatformConfig
-    from ml_platform.lib.demo_data import generate_churn_batch
 
     columns = {
         "customer_id": {"type": "string", "nullable": False},
@@ -255,3 +255,25 @@ def test_hyperparameters_can_be_overridden_at_launch_and_are_validated(platform:
             run_config={"ops": {"random_forest_model": {"config": {"params": {"n_estimators": -1}}}}},
         )
     assert "greater than 0" in str(refused.value)
+
+
+def test_a_champion_that_cannot_read_the_new_features_is_kept_and_the_winner_is_challenger(
+    platform: PlatformUnderTest,
+):
+    (first,) = platform.write_batches(1, rows=1000)
+    assert platform.materialize(first).success
+    # The data set changes shape: a data set without the churn features, same registered model.
+    raw = small_config().model_dump(mode="json")
+    raw["data"]["name"] = "churn_lite"
+    del raw["data"]["columns"]["region"]
+    reshaped = small_config().model_validate(raw)
+    frame = generate_churn_batch(2, 1000).drop(columns=["region"])
+    platform.add_batch_file("batch_0002", frame.to_csv(index=False).encode())
+
+    assert platform.materialize("batch_0002", config=reshaped).success
+
+    client = platform.mlflow().client()
+    name = platform.config.promotion.registered_model_name
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    challenger = client.get_model_version_by_alias(name, "challenger")
+    assert "the champion (v1) cannot be scored on this batch's held-out data" in challenger.tags["promotion_reason"]

@@ -5,7 +5,7 @@ import dagster as dg
 from ml_platform.defs.partitions import batch_partitions
 from ml_platform.defs.training.assets import TrainedCandidate, TrainingData
 from ml_platform.lib.config import PlatformConfig
-from ml_platform.lib.evaluation import decide_promotion, metrics_table_markdown, pick_winner, score
+from ml_platform.lib.evaluation import PromotionDecision, decide_promotion, metrics_table_markdown, pick_winner, score
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
 from ml_platform.resources.reports import ReportsResource
 
@@ -77,11 +77,21 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
         challenger_score = winner["metrics"][metric]
         incumbent = mlflow.champion_version(model_name)
         champion_score = None
+        decision = None
         if incumbent is not None:
             split = training_data.split
-            champion = mlflow.load_model(f"models:/{model_name}@champion")
-            champion_score = score(task, champion, split.x_test, split.y_test)[metric]
-        decision = decide_promotion(metric, mode, config.promotion.min_improvement, challenger_score, champion_score)
+            champion = mlflow.load_model(f"models:/{model_name}/{incumbent.version}")
+            try:
+                champion_score = score(task, champion, split.x_test, split.y_test)[metric]
+            except Exception as error:  # any reason the old model cannot read the new data
+                decision = PromotionDecision(
+                    "challenger",
+                    f"the champion (v{incumbent.version}) cannot be scored on this batch's held-out data "
+                    f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); promote by hand if intended",
+                )
+        decision = decision or decide_promotion(
+            metric, mode, config.promotion.min_improvement, challenger_score, champion_score
+        )
         version = mlflow.register(
             model_name,
             winner["model_uri"],
