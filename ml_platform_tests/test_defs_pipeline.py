@@ -9,6 +9,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from ml_platform.lib.config import PlatformConfig
 from ml_platform.lib.demo_data import generate_churn_batch
 from ml_platform.lib.provenance import code_version
 from ml_platform_tests.conftest import PlatformUnderTest, small_config
@@ -85,6 +86,10 @@ def test_one_mlflow_run_per_model_per_batch_with_provenance(two_batches):
     assert tags["lib.scikit-learn"]
     assert run.data.params["n_estimators"] == "25"
     assert run.data.params["model_type"] == "random_forest"
+    import mlflow.artifacts
+
+    logged_config = mlflow.artifacts.load_dict(f"{run.info.artifact_uri}/config.json")
+    assert PlatformConfig.model_validate(logged_config).config_hash() == tags["config_hash"]
     assert set(run.data.metrics) >= {"f1", "roc_auc", "precision", "recall", "accuracy"}
     assert 0.6 < run.data.metrics["roc_auc"] <= 1.0
     logged = [
@@ -185,7 +190,6 @@ def test_cumulative_window_trains_on_every_batch_up_to_this_one(platform: Platfo
 
 def test_bring_your_own_regression_data_in_parquet(platform: PlatformUnderTest):
     """A user's own data set: another target, the regression task, Parquet files, no dbt to write."""
-    from ml_platform.lib.config import PlatformConfig
 
     columns = {
         "customer_id": {"type": "string", "nullable": False},

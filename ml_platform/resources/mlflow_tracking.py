@@ -12,6 +12,7 @@ with "database is locked". With a tracking server (an http URI) no lock is taken
 
 import contextlib
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,17 @@ from urllib.parse import urlsplit, urlunsplit
 import dagster as dg
 from filelock import FileLock
 from pydantic import PrivateAttr
+
+
+class _DropUnpinnedPipWarning(logging.Filter):
+    """uv-managed environments have no pip, so MLflow warns on every model that its conda.yaml
+    lists pip unpinned. The model's own requirements are pinned; the warning only buries real ones."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Failed to resolve installed pip version" not in record.getMessage()
+
+
+logging.getLogger("mlflow.utils.environment").addFilter(_DropUnpinnedPipWarning())
 
 
 class MlflowTrackingResource(dg.ConfigurableResource):

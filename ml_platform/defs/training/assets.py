@@ -123,7 +123,7 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
             },
             model=fitted.pipeline,
             input_example=split.x_train.head(5),
-            artifacts={"platform.json": platform.model_dump(mode="json")},
+            artifacts={"config.json": platform.model_dump(mode="json")},
         )
         context.log.info(f"{name}: {metrics} (MLflow run {run_id})")
         return dg.Output(
