@@ -101,7 +101,7 @@ def test_three_batches_materialized_at_once_all_succeed(tmp_path: Path):
 
     from mlflow import MlflowClient
 
-    client = MlflowClient(settings.tracking_uri(config), registry_uri=settings.tracking_uri(config))
+    client = MlflowClient(settings.local_tracking_uri, registry_uri=settings.local_tracking_uri)
     experiment = client.get_experiment_by_name(config.tracking.experiment_name)
     mlflow_runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.data.tags["dagster.partition"] for r in mlflow_runs) == sorted(list(runs) * 3)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ml_platform.defs import build_definitions
+from ml_platform.defs import build_definitions, build_resources
 from ml_platform.lib.settings import PROJECT_ROOT, Settings
 from ml_platform_tests.conftest import small_config
 
@@ -92,3 +92,20 @@ def test_dagster_definitions_validate_passes_with_only_the_venv_binary(tmp_path:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "All code locations passed validation" in result.stderr + result.stdout
+
+
+def test_tracking_uri_from_the_environment_stays_an_env_var(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://bob:s3cret@mlflow.example.com")
+    settings = Settings(home=tmp_path, config_path=tmp_path / "x.yaml")
+    resource = build_resources(small_config(), settings)["mlflow"]
+    assert resource.tracking_uri == dg.EnvVar("MLFLOW_TRACKING_URI")  # the UI shows the variable's name
+    assert resource.process_config_and_initialize().tracking_uri == "https://bob:s3cret@mlflow.example.com"
+
+
+def test_config_tracking_uri_wins_over_the_environment_and_the_local_store_is_the_default(tmp_path: Path, monkeypatch):
+    settings = Settings(home=tmp_path, config_path=tmp_path / "x.yaml")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert build_resources(small_config(), settings)["mlflow"].tracking_uri == settings.local_tracking_uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    configured = small_config(**{"tracking.tracking_uri": "http://127.0.0.1:6000"})
+    assert build_resources(configured, settings)["mlflow"].tracking_uri == "http://127.0.0.1:6000"

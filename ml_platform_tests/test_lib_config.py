@@ -49,12 +49,29 @@ def test_changing_the_seed_changes_the_interpolated_random_state(tmp_path):
     assert config.training.random_state == 7
 
 
-def test_feature_columns_exclude_target_and_id():
-    data = load_config(DEFAULT_CONFIG_PATH).data
+def test_a_classification_target_must_be_binary(tmp_path):
+    raw = default_raw()
+    raw["data"]["columns"]["churned"] = {"type": "category", "nullable": False, "allowed": ["no", "yes"]}
 
-    assert data.target not in data.feature_columns
-    assert data.id_column not in data.feature_columns
-    assert len(data.feature_columns) == len(data.columns) - 2
+    with pytest.raises(ConfigError, match=r"data: classification here is binary: the target 'churned' must be"):
+        load_config(write_config(tmp_path, raw))
+
+
+def test_column_names_must_be_plain_identifiers(tmp_path):
+    raw = default_raw()
+    raw["data"]["columns"]['age"; drop table x; --'] = {"type": "integer"}
+
+    with pytest.raises(ConfigError, match=r"data.columns.*should match pattern"):
+        load_config(write_config(tmp_path, raw))
+
+
+def test_logged_config_leaves_out_the_tracking_uri_and_so_does_its_hash(tmp_path):
+    raw = default_raw()
+    raw["tracking"]["tracking_uri"] = "https://bob:s3cret@mlflow.example.com"
+    with_server = load_config(write_config(tmp_path, raw))
+
+    assert "s3cret" not in str(with_server.loggable())
+    assert with_server.config_hash() == load_config(DEFAULT_CONFIG_PATH).config_hash()
 
 
 def test_missing_config_file_is_refused_naming_the_path(tmp_path):

@@ -16,23 +16,16 @@ def test_defaults_are_project_local(monkeypatch):
     assert settings.config_path == DEFAULT_CONFIG_PATH
     assert settings.dagster_home == PROJECT_ROOT / ".dagster_home"
     assert settings.warehouse_dir == PROJECT_ROOT / "data" / "warehouse"
-    assert settings.tracking_uri(small_config()) == f"sqlite:///{PROJECT_ROOT / 'mlflow' / 'mlflow.db'}"
+    assert settings.local_tracking_uri == f"sqlite:///{PROJECT_ROOT / 'mlflow' / 'mlflow.db'}"
 
 
 def test_environment_overrides_every_location(monkeypatch, tmp_path: Path):
     monkeypatch.setenv("ML_PLATFORM_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("ML_PLATFORM_CONFIG", str(tmp_path / "mine.yaml"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     settings = Settings.from_env()
     assert settings.home == tmp_path / "home"
     assert settings.config_path == tmp_path / "mine.yaml"
     assert settings.dagster_home == tmp_path / "dh"
     assert settings.incoming_dir(small_config()) == tmp_path / "home" / "data" / "incoming"
-    assert settings.tracking_uri(small_config()) == "http://127.0.0.1:5999"
-
-
-def test_config_tracking_uri_wins_over_the_environment(monkeypatch, tmp_path: Path):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
-    config = small_config(**{"tracking.tracking_uri": "http://127.0.0.1:6000"})
-    assert Settings(tmp_path, tmp_path / "c.yaml").tracking_uri(config) == "http://127.0.0.1:6000"
+    assert settings.local_tracking_uri == f"sqlite:///{tmp_path / 'home' / 'mlflow' / 'mlflow.db'}"

@@ -33,6 +33,9 @@ def features() -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+CURRENT = "batch_0002"
+
+
 def ids(frame: pd.DataFrame) -> list[str]:
     return frame["customer_id"].tolist()
 
@@ -40,33 +43,35 @@ def ids(frame: pd.DataFrame) -> list[str]:
 def test_split_is_deterministic_for_a_seed(features, classification):
     training = TrainingConfig(random_state=7)
 
-    first = split_train_test(features, classification, training)
-    second = split_train_test(features, classification, training)
+    first = split_train_test(features, classification, training, CURRENT)
+    second = split_train_test(features, classification, training, CURRENT)
 
     assert_frame_equal(first.train, second.train)
     assert_frame_equal(first.test, second.test)
 
 
 def test_split_changes_with_the_seed(features, classification):
-    first = split_train_test(features, classification, TrainingConfig(random_state=1))
-    second = split_train_test(features, classification, TrainingConfig(random_state=2))
+    first = split_train_test(features, classification, TrainingConfig(random_state=1), CURRENT)
+    second = split_train_test(features, classification, TrainingConfig(random_state=2), CURRENT)
 
     assert ids(first.test) != ids(second.test)
 
 
 def test_split_holds_out_test_size_of_the_rows_and_loses_none(features, classification):
-    split = split_train_test(features, classification, TrainingConfig(test_size=0.25))
+    split = split_train_test(features, classification, TrainingConfig(test_size=0.25), CURRENT)
 
-    assert len(split.test) == len(features) // 4
+    assert len(split.test) == (features["batch_id"] == CURRENT).sum() // 4
     assert sorted(ids(split.train) + ids(split.test)) == sorted(ids(features))
 
 
 def test_classification_split_is_stratified_by_the_target(features, classification):
-    split = split_train_test(features, classification, TrainingConfig())
+    split = split_train_test(features, classification, TrainingConfig(), CURRENT)
 
-    overall = features["churned"].mean()
+    current = features[features["batch_id"] == CURRENT]
+    overall = current["churned"].mean()
     assert 0.1 < overall < 0.4
-    assert split.y_train.mean() == pytest.approx(overall, abs=0.01)
+    train_of_current = split.train[split.train["batch_id"] == CURRENT]
+    assert train_of_current["churned"].mean() == pytest.approx(overall, abs=0.01)
     assert split.y_test.mean() == pytest.approx(overall, abs=0.01)
 
 
@@ -74,17 +79,18 @@ def test_split_does_not_depend_on_the_order_rows_were_read_in(features, classifi
     training = TrainingConfig(random_state=3)
     shuffled = features.sample(frac=1.0, random_state=99).reset_index(drop=True)
 
-    original = split_train_test(features, classification, training)
-    reordered = split_train_test(shuffled, classification, training)
+    original = split_train_test(features, classification, training, CURRENT)
+    reordered = split_train_test(shuffled, classification, training, CURRENT)
 
     assert_frame_equal(original.train, reordered.train)
     assert_frame_equal(original.test, reordered.test)
 
 
 def test_features_exclude_id_target_and_batch_id(features, classification):
-    split = split_train_test(features, classification, TrainingConfig())
+    split = split_train_test(features, classification, TrainingConfig(), CURRENT)
 
-    assert split.feature_columns == classification.feature_columns
+    contract = [c for c in classification.columns if c not in ("customer_id", "churned")]
+    assert split.feature_columns == contract
     for column in ("customer_id", "churned", "batch_id"):
         assert column not in split.x_train.columns
         assert column not in split.x_test.columns
@@ -94,7 +100,7 @@ def test_features_exclude_id_target_and_batch_id(features, classification):
 def test_numeric_features_become_float64_and_text_stays_text(features, classification):
     assert features["age"].dtype == "Int64"
 
-    split = split_train_test(features, classification, TrainingConfig())
+    split = split_train_test(features, classification, TrainingConfig(), CURRENT)
 
     dtypes = split.x_train.dtypes
     for column in ("tenure_months", "age", "monthly_charges", "support_tickets", "num_products"):
@@ -109,7 +115,7 @@ def test_every_model_type_fits_missing_values_and_predicts_unseen_categories(
     features, classification, regression, task, model_type
 ):
     data = classification if task == "classification" else regression
-    split = split_train_test(features, data, TrainingConfig(random_state=5))
+    split = split_train_test(features, data, TrainingConfig(random_state=5), CURRENT)
     assert split.x_train.isna().any().any()
 
     fitted = fit_model(task, model_type, SMALL_PARAMS.get(model_type, {}), split, random_state=5)
@@ -126,7 +132,7 @@ def test_every_model_type_fits_missing_values_and_predicts_unseen_categories(
 
 
 def test_fit_model_returns_the_params_with_defaults_and_the_seed_reaches_the_estimator(features, classification):
-    split = split_train_test(features, classification, TrainingConfig())
+    split = split_train_test(features, classification, TrainingConfig(), CURRENT)
 
     fitted = fit_model("classification", "gradient_boosting", {"n_estimators": 10}, split, random_state=11)
 
@@ -138,7 +144,7 @@ def test_fit_model_returns_the_params_with_defaults_and_the_seed_reaches_the_est
 
 
 def test_same_seed_gives_the_same_model(features, classification):
-    split = split_train_test(features, classification, TrainingConfig())
+    split = split_train_test(features, classification, TrainingConfig(), CURRENT)
 
     first = fit_model("classification", "random_forest", SMALL_PARAMS["random_forest"], split, random_state=4)
     second = fit_model("classification", "random_forest", SMALL_PARAMS["random_forest"], split, random_state=4)
@@ -157,6 +163,20 @@ def test_unknown_model_type_lists_the_allowed_ones(features):
     )
 
 
-def test_bad_params_are_refused_before_fitting(features):
+def test_bad_params_are_refused_before_fitting(features, classification):
+    split = split_train_test(features, classification, TrainingConfig(), CURRENT)
     with pytest.raises(ValueError, match="n_estimators"):
-        build_pipeline("classification", "random_forest", {"n_estimators": -1}, features, random_state=0)
+        fit_model("classification", "random_forest", {"n_estimators": -1}, split, random_state=0)
+
+
+def test_earlier_batches_only_train_and_the_held_out_rows_are_all_from_the_current_batch(features, classification):
+    split = split_train_test(features, classification, TrainingConfig(test_size=0.2), CURRENT)
+    assert set(split.test["batch_id"]) == {CURRENT}
+    assert len(split.test) == 200
+    assert (split.train["batch_id"] == "batch_0001").sum() == 1000
+    assert (split.train["batch_id"] == CURRENT).sum() == 800
+
+
+def test_splitting_a_batch_without_rows_is_a_clear_error(features, classification):
+    with pytest.raises(ValueError, match="no rows of batch 'batch_0009'"):
+        split_train_test(features, classification, TrainingConfig(), "batch_0009")

@@ -1,5 +1,6 @@
 """Dagster wiring: one folder per stage of the pipeline, assembled by `build_definitions`."""
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,19 @@ def build_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
     ]
 
 
+def tracking_uri(config: PlatformConfig, settings: Settings) -> str:
+    """The config's tracking URI, else MLFLOW_TRACKING_URI, else the embedded SQLite store.
+
+    The environment's URI stays an `EnvVar`, so a server URI with credentials is resolved at run
+    time and never shown in the UI's resource config.
+    """
+    if config.tracking.tracking_uri:
+        return config.tracking.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return dg.EnvVar("MLFLOW_TRACKING_URI")
+    return settings.local_tracking_uri
+
+
 def build_resources(config: PlatformConfig, settings: Settings) -> dict[str, Any]:
     """The resources every asset uses, configured from the platform's settings."""
     return {
@@ -54,7 +68,7 @@ def build_resources(config: PlatformConfig, settings: Settings) -> dict[str, Any
             dbt_executable=str(Path(sys.executable).parent / "dbt"),
         ),
         "mlflow": MlflowTrackingResource(
-            tracking_uri=settings.tracking_uri(config),
+            tracking_uri=tracking_uri(config, settings),
             artifact_location=str(settings.mlflow_dir / "artifacts"),
             experiment_name=config.tracking.experiment_name,
         ),

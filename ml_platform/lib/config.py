@@ -54,7 +54,8 @@ class DataConfig(StrictModel):
     task: Task
     target: str
     id_column: str
-    columns: dict[str, ColumnSpec]
+    # Column names reach SQL and dbt as identifiers: plain names only.
+    columns: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], ColumnSpec]
 
     @model_validator(mode="after")
     def _target_and_id_are_columns(self) -> DataConfig:
@@ -65,13 +66,18 @@ class DataConfig(StrictModel):
         target = self.columns[self.target]
         if self.task == "regression" and target.type not in ("integer", "float"):
             raise ValueError(f"a regression target must be integer or float, {self.target!r} is {target.type}")
+        if self.task == "classification" and not _is_binary(target):
+            raise ValueError(
+                f"classification here is binary: the target {self.target!r} must be a boolean, "
+                "or an integer with min: 0 and max: 1"
+            )
         if target.nullable:
             raise ValueError(f"the target {self.target!r} must be declared nullable: false")
         return self
 
-    @property
-    def feature_columns(self) -> list[str]:
-        return [c for c in self.columns if c not in (self.target, self.id_column)]
+
+def _is_binary(spec: ColumnSpec) -> bool:
+    return spec.type == "boolean" or (spec.type == "integer" and spec.min == 0 and spec.max == 1)
 
 
 # ---------------------------------------------------------------- models
@@ -203,9 +209,14 @@ class PlatformConfig(StrictModel):
     def primary_metric_mode(self) -> str:
         return METRIC_DIRECTIONS[self.data.task][self.promotion.primary_metric]
 
+    def loggable(self) -> dict[str, Any]:
+        """The resolved config as recorded with every model, without the tracking URI (where runs
+        are stored changes no model, and a server URI may carry credentials)."""
+        return self.model_dump(mode="json", exclude={"tracking": {"tracking_uri"}})
+
     def config_hash(self) -> str:
         """A short, stable fingerprint of the resolved config, recorded with every model."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        canonical = json.dumps(self.loggable(), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -48,10 +48,7 @@ class Settings:
     def mlflow_dir(self) -> Path:
         return self.home / "mlflow"
 
-    def tracking_uri(self, config: PlatformConfig) -> str:
-        """Config first, then MLFLOW_TRACKING_URI, then SQLite under the project."""
-        return (
-            config.tracking.tracking_uri
-            or os.environ.get("MLFLOW_TRACKING_URI")
-            or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
-        )
+    @property
+    def local_tracking_uri(self) -> str:
+        """The embedded MLflow store, used unless the config or MLFLOW_TRACKING_URI names another."""
+        return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"

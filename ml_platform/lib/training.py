@@ -61,9 +61,14 @@ class TrainTestSplit:
         return self.test[self.target]
 
 
-def split_train_test(features: pd.DataFrame, data: DataConfig, training: TrainingConfig) -> TrainTestSplit:
-    """Seeded split of the feature table; stratified by the target for classification.
+def split_train_test(
+    features: pd.DataFrame, data: DataConfig, training: TrainingConfig, current_batch: str
+) -> TrainTestSplit:
+    """Seeded split of `current_batch`'s rows (stratified by the target for classification); rows
+    of earlier batches in a cumulative window all go to training.
 
+    The held-out rows are therefore always new data from this batch: no candidate has trained on
+    them, and neither has a champion trained on earlier batches, so comparing them is fair.
     Rows are sorted by id first so the split depends on the data, not on the order it was read in.
     """
     ordered = features.sort_values([*NON_FEATURE_COLUMNS, data.id_column], kind="stable").reset_index(drop=True)
@@ -73,20 +78,28 @@ def split_train_test(features: pd.DataFrame, data: DataConfig, training: Trainin
     # the next would otherwise change the registered model's input schema between batches.
     numeric = [c for c in feature_columns if pd.api.types.is_numeric_dtype(ordered[c])]
     ordered[numeric] = ordered[numeric].astype("float64")
-    stratify = ordered[data.target] if data.task == "classification" else None
+    is_current = ordered["batch_id"] == current_batch
+    if not is_current.any():
+        raise ValueError(f"no rows of batch {current_batch!r} among the features to split")
+    current = ordered[is_current]
+    stratify = current[data.target] if data.task == "classification" else None
     train, test = train_test_split(
-        ordered, test_size=training.test_size, random_state=training.random_state, stratify=stratify
+        current, test_size=training.test_size, random_state=training.random_state, stratify=stratify
     )
+    train = pd.concat([ordered[~is_current], train])
     return TrainTestSplit(train.reset_index(drop=True), test.reset_index(drop=True), data.target, feature_columns)
 
 
 def build_pipeline(task: str, model_type: str, params: dict, x: pd.DataFrame, random_state: int) -> Pipeline:
-    """A Pipeline of imputation, encoding and the estimator, for the columns of `x`."""
+    """A Pipeline of imputation, encoding and the estimator, for the columns of `x`.
+
+    `params` are validated hyperparameters (`validate_model_params`); `fit_model` validates them.
+    """
     estimator_class = ESTIMATORS.get((task, model_type))
     if estimator_class is None:
         allowed = sorted(kind for t, kind in ESTIMATORS if t == task)
         raise ValueError(f"unknown {task} model type {model_type!r}; allowed: {', '.join(allowed)}")
-    estimator_params = validate_model_params(model_type, params)
+    estimator_params = dict(params)
     if "random_state" in estimator_class().get_params():
         estimator_params["random_state"] = random_state
     categorical = [c for c in x.columns if not pd.api.types.is_numeric_dtype(x[c])]
@@ -117,7 +130,9 @@ class FittedModel:
 
 
 def fit_model(task: str, model_type: str, params: dict, split: TrainTestSplit, random_state: int) -> FittedModel:
-    pipeline = build_pipeline(task, model_type, params, split.x_train, random_state)
+    """Validate `params` (a bad one raises before any work), build the Pipeline, fit it."""
+    validated = validate_model_params(model_type, params)
+    pipeline = build_pipeline(task, model_type, validated, split.x_train, random_state)
     started = time.perf_counter()
     pipeline.fit(split.x_train, split.y_train)
-    return FittedModel(pipeline, validate_model_params(model_type, params), time.perf_counter() - started)
+    return FittedModel(pipeline, validated, time.perf_counter() - started)

@@ -59,17 +59,25 @@ class MlflowTrackingResource(dg.ConfigurableResource):
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     def experiment_id(self) -> str:
+        """The experiment's id, created on first use (by whichever parallel step gets there first)."""
+        from mlflow.exceptions import MlflowException
+
         if self._experiment_id is None:
             with self.write_lock():
                 client = self.client()
                 experiment = client.get_experiment_by_name(self.experiment_name)
                 if experiment is None:
                     Path(self.artifact_location).mkdir(parents=True, exist_ok=True)
-                    self._experiment_id = client.create_experiment(
-                        self.experiment_name, artifact_location=Path(self.artifact_location).resolve().as_uri()
-                    )
-                else:
-                    self._experiment_id = experiment.experiment_id
+                    try:
+                        client.create_experiment(
+                            self.experiment_name, artifact_location=Path(self.artifact_location).resolve().as_uri()
+                        )
+                    except MlflowException as error:
+                        # A tracking server takes no file lock: another step may have created it.
+                        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                            raise
+                    experiment = client.get_experiment_by_name(self.experiment_name)
+                self._experiment_id = experiment.experiment_id
         return self._experiment_id
 
     def log_model_run(
@@ -116,13 +124,19 @@ class MlflowTrackingResource(dg.ConfigurableResource):
         return f"{public.rstrip('/')}/#/experiments/{self.experiment_id()}/runs/{run_id}"
 
     def champion_version(self, model_name: str, alias: str = "champion"):
-        """The model version holding `alias`, or None when there is none yet."""
+        """The model version holding `alias`, or None when the model or the alias does not exist yet.
+
+        Any other failure (a locked database, a server error) raises: reading it as "no champion"
+        would crown the next winner without a comparison.
+        """
         from mlflow.exceptions import MlflowException
 
         try:
             return self.client().get_model_version_by_alias(model_name, alias)
-        except MlflowException:
-            return None
+        except MlflowException as error:
+            if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
 
     def load_model(self, model_uri: str):
         import mlflow.sklearn

@@ -74,24 +74,28 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
     ) -> dg.MaterializeResult:
         model_name = config.promotion.registered_model_name
         winner = evaluation_report["candidates"][evaluation_report["winner"]]
+        # The report scored every candidate on this batch's held-out rows; the champion is scored
+        # on the very same rows, which it has never trained on.
         challenger_score = winner["metrics"][metric]
+        split = training_data.split
         incumbent = mlflow.champion_version(model_name)
         champion_score = None
-        decision = None
-        if incumbent is not None:
-            split = training_data.split
-            champion = mlflow.load_model(f"models:/{model_name}/{incumbent.version}")
+        if incumbent is None:
+            decision = decide_promotion(metric, mode, config.promotion.min_improvement, challenger_score, None)
+        else:
             try:
+                champion = mlflow.load_model(f"models:/{model_name}/{incumbent.version}")
                 champion_score = score(task, champion, split.x_test, split.y_test)[metric]
-            except Exception as error:  # any reason the old model cannot read the new data
+            except Exception as error:  # whatever keeps the old model from reading the new data
                 decision = PromotionDecision(
                     "challenger",
                     f"the champion (v{incumbent.version}) cannot be scored on this batch's held-out data "
                     f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); promote by hand if intended",
                 )
-        decision = decision or decide_promotion(
-            metric, mode, config.promotion.min_improvement, challenger_score, champion_score
-        )
+            else:
+                decision = decide_promotion(
+                    metric, mode, config.promotion.min_improvement, challenger_score, champion_score
+                )
         version = mlflow.register(
             model_name,
             winner["model_uri"],

@@ -7,7 +7,7 @@ import dagster as dg
 
 from ml_platform.defs.partitions import batch_partitions
 from ml_platform.lib.batches import batches_up_to
-from ml_platform.lib.config import ModelSpec, PlatformConfig, validate_model_params
+from ml_platform.lib.config import ModelSpec, PlatformConfig
 from ml_platform.lib.evaluation import score
 from ml_platform.lib.provenance import code_version, frame_hash, library_versions
 from ml_platform.lib.training import TrainTestSplit, fit_model, split_train_test
@@ -54,7 +54,7 @@ def build_training_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
     def training_data(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.Output[TrainingData]:
         batches = training_window(context, config.training.window)
         features = warehouse.warehouse.read_table(batches, "features")
-        split = split_train_test(features, config.data, config.training)
+        split = split_train_test(features, config.data, config.training, context.partition_key)
         data = TrainingData(split=split, batches=batches, data_hash=frame_hash(features))
         return dg.Output(
             data,
@@ -96,9 +96,10 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
         training_data: TrainingData,
         mlflow: MlflowTrackingResource,
     ) -> dg.Output[TrainedCandidate]:
-        params = validate_model_params(spec.type, {**spec.params, **config.params})
         split = training_data.split
-        fitted = fit_model(platform.data.task, spec.type, params, split, platform.training.random_state)
+        fitted = fit_model(
+            platform.data.task, spec.type, {**spec.params, **config.params}, split, platform.training.random_state
+        )
         metrics = score(platform.data.task, fitted.pipeline, split.x_test, split.y_test)
         run_id, model_uri = mlflow.log_model_run(
             run_name=f"{name}-{context.partition_key}",
@@ -123,7 +124,7 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
             },
             model=fitted.pipeline,
             input_example=split.x_train.head(5),
-            artifacts={"config.json": platform.model_dump(mode="json")},
+            artifacts={"config.json": platform.loggable()},
         )
         context.log.info(f"{name}: {metrics} (MLflow run {run_id})")
         return dg.Output(
