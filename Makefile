@@ -15,15 +15,15 @@ DEMO_ROWS ?= 5000
 .PHONY: install prepare demo test clean
 
 install:
-	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	@# A Python that refuses system-wide installs (PEP 668) still takes a --user one.
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv \
+		|| $(PYTHON) -m pip install --quiet --user --break-system-packages uv
 	$(UV) sync --frozen
 
 # dagster-dbt reads dbt's manifest when the definitions load; `dagster dev` would prepare it,
 # the CLI and CI do not, so set-up parses the dbt project itself.
 prepare: install
 	$(RUN) dbt parse --quiet --project-dir $(DBT_DIR) --profiles-dir $(DBT_DIR)
-	@# The instance reads the project's dagster.yaml through a link, so edits apply at once.
-	@mkdir -p $(DAGSTER_HOME) && [ -e $(DAGSTER_HOME)/dagster.yaml ] || ln -s $(CURDIR)/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
 demo: prepare
 	$(RUN) ml-platform demo-data --batches $(DEMO_BATCHES) --rows $(DEMO_ROWS) --drift 0.03

@@ -1,1 +1,1 @@
-"""ml_platform."""
+"""ml_platform: an asset-based ML platform on Dagster for batch retraining (see README.md)."""

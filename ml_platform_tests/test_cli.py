@@ -110,5 +110,9 @@ def test_project_dagster_yaml_is_a_valid_instance_config(tmp_path):
     import dagster as dg
 
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
-        assert instance.run_coordinator.__class__.__name__ == "QueuedRunCoordinator"
-        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
+        concurrency = instance.get_concurrency_config()
+        assert concurrency.run_queue_config.max_concurrent_runs == 2
+        assert concurrency.run_queue_config.tag_concurrency_limits == [
+            {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+        ]
+        assert concurrency.pool_config.default_pool_limit == 1

@@ -20,6 +20,19 @@ from ml_platform_tests.conftest import small_config
 BIN = Path(sys.executable).parent
 
 
+def champion_step_spans(instance: dg.DagsterInstance, run_id: str) -> tuple[float, float]:
+    """When the run's `champion_model` step started and finished."""
+    times = {}
+    for record in instance.all_logs(run_id):
+        event = record.dagster_event
+        if event is not None and event.step_key == "champion_model":
+            if event.event_type == dg.DagsterEventType.STEP_START:
+                times["start"] = record.timestamp
+            elif event.event_type == dg.DagsterEventType.STEP_SUCCESS:
+                times["end"] = record.timestamp
+    return times["start"], times["end"]
+
+
 def test_three_batches_materialized_at_once_all_succeed(tmp_path: Path):
     home, dagster_home = tmp_path / "home", tmp_path / "dagster_home"
     dagster_home.mkdir(parents=True)
@@ -45,7 +58,7 @@ def test_three_batches_materialized_at_once_all_succeed(tmp_path: Path):
 
     dagster = str(BIN / "dagster")
     runs = {
-        # Two runs with a process per step (the three models train at the same time) ...
+        # Two runs with a process per step (two models train at a time) ...
         "batch_0001": run(
             dagster,
             "job",
@@ -93,6 +106,10 @@ def test_three_batches_materialized_at_once_all_succeed(tmp_path: Path):
         assert all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in records)
         done = instance.get_materialized_partitions(dg.AssetKey("champion_model"))
         assert done == set(runs)
+        # The `model_registry` pool: no two champion decisions were ever in progress together.
+        decisions = sorted(champion_step_spans(instance, r.dagster_run.run_id) for r in records)
+        for (_, ended), (started, _) in zip(decisions, decisions[1:], strict=False):
+            assert ended <= started, f"champion decisions overlapped: {decisions}"
 
     for batch in runs:
         with duckdb.connect(str(settings.warehouse_dir / f"{batch}.duckdb"), read_only=True) as con:

@@ -28,12 +28,14 @@ PIPELINE_ASSETS = {
 
 
 @pytest.fixture(scope="module")
-def two_batches(module_platform: PlatformUnderTest):
-    """Batch 1 trains the first champion; batch 2's winner must beat it by an impossible margin."""
+def three_runs(module_platform: PlatformUnderTest):
+    """Batch 1 trains the first champion; batch 2's winner must beat it by an impossible margin;
+    then batch 1 runs again, unchanged."""
     first, second = module_platform.write_batches(2, rows=2000, drift=0.03)
     results = {first: module_platform.materialize(first)}
     impossible_margin = small_config(**{"promotion.min_improvement": 0.5})
     results[second] = module_platform.materialize(second, config=impossible_margin)
+    results["rerun"] = module_platform.materialize(first)
     return module_platform, results
 
 
@@ -41,8 +43,8 @@ def materialized(result: dg.ExecuteInProcessResult) -> set[str]:
     return {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()}
 
 
-def test_whole_graph_materializes_every_asset_and_passes_dbt_checks(two_batches):
-    _, results = two_batches
+def test_whole_graph_materializes_every_asset_and_passes_dbt_checks(three_runs):
+    _, results = three_runs
     for result in results.values():
         assert result.success
         assert materialized(result) == PIPELINE_ASSETS
@@ -51,8 +53,8 @@ def test_whole_graph_materializes_every_asset_and_passes_dbt_checks(two_batches)
         assert all(check.passed for check in checks)
 
 
-def test_raw_batch_records_rows_hash_and_null_counts(two_batches):
-    platform, results = two_batches
+def test_raw_batch_records_rows_hash_and_null_counts(three_runs):
+    platform, results = three_runs
     event = next(
         e for e in results["batch_0001"].get_asset_materialization_events() if e.asset_key == dg.AssetKey("raw_batch")
     )
@@ -66,16 +68,17 @@ def test_raw_batch_records_rows_hash_and_null_counts(two_batches):
         assert con.execute("SELECT count(DISTINCT batch_id) FROM features").fetchone()[0] == 1
 
 
-def test_one_mlflow_run_per_model_per_batch_with_provenance(two_batches):
-    platform, results = two_batches
+def test_one_mlflow_run_per_model_per_batch_with_provenance(three_runs):
+    platform, results = three_runs
     client = platform.mlflow().client()
     experiment = client.get_experiment_by_name(platform.config.tracking.experiment_name)
     runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 3 * 2
+    assert len(runs) == 3 * 3
     run = next(
         r
         for r in runs
-        if r.data.tags["dagster.partition"] == "batch_0001" and r.data.tags["model_name"] == "random_forest"
+        if r.data.tags["dagster.run_id"] == results["batch_0001"].run_id
+        and r.data.tags["model_name"] == "random_forest"
     )
     tags = run.data.tags
     assert tags["dagster.run_id"] == results["batch_0001"].run_id
@@ -110,13 +113,14 @@ def test_one_mlflow_run_per_model_per_batch_with_provenance(two_batches):
     assert info.signature is not None and "tenure_months" in info.signature.inputs.input_names()
 
 
-def test_evaluation_report_names_winner_in_metadata_and_json(two_batches):
-    platform, results = two_batches
+def test_evaluation_report_names_winner_in_metadata_and_json(three_runs):
+    platform, results = three_runs
     report = results["batch_0001"].output_for_node("evaluation_report")
     scores = {name: c["metrics"]["roc_auc"] for name, c in report["candidates"].items()}
     assert report["winner"] == max(scores, key=scores.get)
     on_disk = json.loads((platform.settings.reports_dir / "batch_0001" / "evaluation_report.json").read_text())
-    assert on_disk == json.loads(json.dumps(report))
+    latest = results["rerun"].output_for_node("evaluation_report")  # the file holds the latest run's report
+    assert on_disk == json.loads(json.dumps(latest))
     event = next(
         e
         for e in results["batch_0001"].get_asset_materialization_events()
@@ -126,22 +130,39 @@ def test_evaluation_report_names_winner_in_metadata_and_json(two_batches):
     assert f"**{report['winner']}** (winner)" in table and "| roc_auc |" not in table.splitlines()[2]
 
 
-def test_first_winner_becomes_champion_and_a_weaker_one_only_challenger(two_batches):
-    platform, results = two_batches
+def test_first_winner_becomes_champion_and_a_weaker_one_only_challenger(three_runs):
+    platform, results = three_runs
     tracking = platform.mlflow()
     client = tracking.client()
     name = platform.config.promotion.registered_model_name
     versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
-    assert [str(v.version) for v in versions] == ["1", "2"]
+    assert [str(v.version) for v in versions] == ["1", "2", "3"]
     champion = client.get_model_version_by_alias(name, "champion")
-    challenger = client.get_model_version_by_alias(name, "challenger")
+    challenger = client.get_model_version(name, "2")
     assert str(champion.version) == "1" and champion.tags["batch"] == "batch_0001"
-    assert str(challenger.version) == "2" and challenger.tags["batch"] == "batch_0002"
+    assert challenger.tags["batch"] == "batch_0002"
     assert champion.tags["promotion_reason"].startswith("no current champion")
     assert "does not beat the champion" in challenger.tags["promotion_reason"]
     assert "roc_auc" in challenger.tags["promotion_reason"]
     winner_of_batch_2 = results["batch_0002"].output_for_node("evaluation_report")["winner"]
     assert challenger.tags["model_name"] == winner_of_batch_2
+
+
+def test_rerunning_a_batch_unchanged_replaces_its_data_and_cannot_beat_its_own_champion(three_runs):
+    platform, results = three_runs
+    with duckdb.connect(str(platform.settings.warehouse_dir / "batch_0001.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM raw_batch").fetchone()[0] == 2000
+        assert con.execute("SELECT count(*) FROM features").fetchone()[0] == 2000
+    first = results["batch_0001"].output_for_node("evaluation_report")
+    again = results["rerun"].output_for_node("evaluation_report")
+    for name, candidate in first["candidates"].items():  # same data, config and seeds: same models
+        assert again["candidates"][name]["metrics"] == candidate["metrics"]
+    client = platform.mlflow().client()
+    name = platform.config.promotion.registered_model_name
+    rerun = client.get_model_version_by_alias(name, "challenger")
+    assert str(rerun.version) == "3" and rerun.tags["batch"] == "batch_0001"
+    assert rerun.tags["promotion_reason"].startswith("does not beat the champion")
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
 
 
 def test_challenger_that_beats_the_champion_takes_the_alias(platform: PlatformUnderTest):

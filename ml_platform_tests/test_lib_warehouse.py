@@ -9,6 +9,11 @@ from ml_platform.lib.batches import InvalidBatchIdError
 from ml_platform.lib.warehouse import Warehouse
 
 
+def stored_files(root) -> list[str]:
+    """The warehouse's files, without the writer locks' folder."""
+    return sorted(path.name for path in root.iterdir() if path.name != ".locks")
+
+
 def build_rows(n_rows: int, label: str = "a"):
     """A `build` callback that creates table `t` with `n_rows` rows tagged `label`, returning n_rows."""
 
@@ -42,7 +47,7 @@ def test_replacing_a_batch_again_replaces_instead_of_appending(tmp_path):
     warehouse.replace_batch("batch_0001", build_rows(3))
 
     assert count_rows(warehouse, "batch_0001") == 3
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["batch_0001.duckdb"]
+    assert stored_files(tmp_path) == ["batch_0001.duckdb"]
 
 
 def test_failed_build_leaves_the_previous_database_byte_for_byte_and_no_temporary_files(tmp_path):
@@ -58,7 +63,7 @@ def test_failed_build_leaves_the_previous_database_byte_for_byte_and_no_temporar
         warehouse.replace_batch("batch_0001", failing_build)
 
     assert warehouse.batch_database("batch_0001").read_bytes() == before
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["batch_0001.duckdb"]
+    assert stored_files(tmp_path) == ["batch_0001.duckdb"]
 
 
 def test_failed_first_build_creates_no_database(tmp_path):
@@ -70,7 +75,7 @@ def test_failed_first_build_creates_no_database(tmp_path):
     with pytest.raises(ValueError, match="bad batch"):
         warehouse.replace_batch("batch_0001", failing_build)
 
-    assert list(tmp_path.iterdir()) == []
+    assert stored_files(tmp_path) == []
 
 
 def test_read_table_stacks_batches_in_the_order_given(tmp_path):
@@ -104,9 +109,39 @@ def test_warehouse_refuses_an_unsafe_batch_id(tmp_path):
     with pytest.raises(InvalidBatchIdError):
         Warehouse(tmp_path).replace_batch("../escape", build_rows(1))
 
-    assert list(tmp_path.iterdir()) == []
+    assert stored_files(tmp_path) == []
 
 
 def test_reading_no_batches_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no batches given to read 'features'"):
         Warehouse(tmp_path).read_table([], "features")
+
+
+def test_has_table_tells_whether_a_batch_has_been_through_dbt(tmp_path):
+    warehouse = Warehouse(tmp_path)
+    warehouse.replace_batch("b1", lambda con: con.execute("CREATE TABLE raw_batch AS SELECT 1 AS x"))
+    assert warehouse.has_table("b1", "raw_batch")
+    assert not warehouse.has_table("b1", "features")
+    assert not warehouse.has_table("b2", "raw_batch")
+
+
+def test_one_writer_per_batch_at_a_time(tmp_path):
+    import threading
+    import time
+
+    warehouse, inside, overlaps = Warehouse(tmp_path), [], []
+
+    def write():
+        with warehouse.writing("b1"):
+            if inside:
+                overlaps.append(True)
+            inside.append(True)
+            time.sleep(0.05)
+            inside.pop()
+
+    threads = [threading.Thread(target=write) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlaps == []

@@ -1,4 +1,4 @@
-"""Every batch of incoming data is one partition; batch ids are added by the CLI or a sensor."""
+"""Every batch of incoming data is one partition; `ml-platform batches scan/add` adds them."""
 
 import dagster as dg
 

@@ -1,7 +1,7 @@
 """Deterministic generator of the demo data set: customer-churn batches.
 
 Each batch is what a CRM export would look like: numeric and categorical columns, a few
-missing values, about one churner in five, a signal a model can learn, and (optionally)
+missing values, about one churner in four, a signal a model can learn, and (optionally)
 a slow drift across batches so later batches differ from earlier ones.
 """
 

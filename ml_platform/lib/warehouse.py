@@ -8,15 +8,17 @@ re-ingesting a batch replaces it instead of appending duplicates.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import duckdb
 import pandas as pd
+from filelock import FileLock
 
 from ml_platform.lib.batches import validate_batch_id
 
@@ -24,11 +26,22 @@ T = TypeVar("T")
 
 
 class Warehouse:
+    """The folder of per-batch DuckDB files: `<root>/<batch_id>.duckdb`."""
+
     def __init__(self, root: Path):
         self.root = root
 
     def batch_database(self, batch_id: str) -> Path:
         return self.root / f"{validate_batch_id(batch_id)}.duckdb"
+
+    @contextlib.contextmanager
+    def writing(self, batch_id: str) -> Iterator[None]:
+        """Hold the batch's writer lock: its file is swapped in (ingestion) or written (dbt) by one
+        process at a time, even when two runs of the same batch were started by hand."""
+        locks = self.root / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with FileLock(locks / f"{validate_batch_id(batch_id)}.lock"):
+            yield
 
     def replace_batch(self, batch_id: str, build: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """Build the batch's database in a new file with `build(con)`, then swap it into place.
@@ -42,7 +55,8 @@ class Warehouse:
             with duckdb.connect(str(building)) as con:
                 result = build(con)
                 con.execute("CHECKPOINT")
-            os.replace(building, target)
+            with self.writing(batch_id):
+                os.replace(building, target)
         finally:
             for leftover in (building, Path(f"{building}.wal")):
                 leftover.unlink(missing_ok=True)
@@ -61,17 +75,28 @@ class Warehouse:
             path = self.batch_database(batch_id)
             if not path.exists():
                 raise FileNotFoundError(f"batch {batch_id!r} has no warehouse database at {path}; ingest it first")
-            frames.append(_read_when_unlocked(path, table, timeout_s))
+            frames.append(_query_when_unlocked(path, f'SELECT * FROM "{table}"', timeout_s))
         return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
+    def has_table(self, batch_id: str, table: str, timeout_s: float = 60.0) -> bool:
+        """Whether the batch's database holds `table` (a re-ingested batch has no features until
+        dbt has run on it again)."""
+        path = self.batch_database(batch_id)
+        if not path.exists():
+            return False
+        found = _query_when_unlocked(
+            path, f"SELECT count(*) AS n FROM information_schema.tables WHERE table_name = '{table}'", timeout_s
+        )
+        return bool(found["n"].iloc[0])
 
-def _read_when_unlocked(path: Path, table: str, timeout_s: float) -> pd.DataFrame:
+
+def _query_when_unlocked(path: Path, sql: str, timeout_s: float) -> pd.DataFrame:
     deadline = time.monotonic() + timeout_s
     delay = 0.05
     while True:
         try:
             with duckdb.connect(str(path), read_only=True) as con:
-                return con.execute(f'SELECT * FROM "{table}"').df()
+                return con.execute(sql).df()
         except duckdb.IOException as error:
             if "lock" not in str(error).lower() or time.monotonic() > deadline:
                 raise

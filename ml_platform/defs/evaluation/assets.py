@@ -11,6 +11,7 @@ from ml_platform.resources.reports import ReportsResource
 
 
 def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
+    """`evaluation_report` over every model asset of the config, and `champion_model` after it."""
     task = config.data.task
     metric = config.promotion.primary_metric
     mode = config.primary_metric_mode

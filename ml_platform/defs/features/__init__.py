@@ -1,0 +1,1 @@
+"""Features stage: the dbt project over each batch's DuckDB file, as partitioned assets."""

@@ -5,6 +5,7 @@ vars, and the dbt profile opens that batch's own database file.
 """
 
 import json
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from ml_platform.defs.partitions import batch_partitions
+from ml_platform.lib.batches import validate_batch_id
 from ml_platform.lib.config import PlatformConfig
 from ml_platform.resources.warehouse import WarehouseResource
 
@@ -21,6 +23,8 @@ DBT_PROJECT = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_D
 
 
 class FeaturesTranslator(DagsterDbtTranslator):
+    """Every dbt model goes in the `features` group of the asset graph."""
+
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str:
         return "features"
 
@@ -28,7 +32,9 @@ class FeaturesTranslator(DagsterDbtTranslator):
 def dbt_vars(config: PlatformConfig, batch_id: str, warehouse_dir: str) -> dict[str, str]:
     """The vars that point one dbt invocation at one batch's database and data set."""
     return {
-        "batch_id": batch_id,
+        # Checked here too: a key added through the UI or GraphQL skips the CLI's check, and this
+        # one becomes a file path and a SQL literal in dbt.
+        "batch_id": validate_batch_id(batch_id),
         "warehouse_dir": warehouse_dir,
         "dataset": config.data.name,
         "id_column": config.data.id_column,
@@ -37,6 +43,7 @@ def dbt_vars(config: PlatformConfig, batch_id: str, warehouse_dir: str) -> dict[
 
 
 def build_feature_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
+    """The dbt models as assets, run with the config's data set names as dbt vars."""
     if not DBT_PROJECT.manifest_path.exists():
         raise FileNotFoundError(
             f"dbt manifest not found at {DBT_PROJECT.manifest_path}; run `make prepare` "
@@ -53,6 +60,10 @@ def build_feature_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
     def dbt_features(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource):
         variables = dbt_vars(config, context.partition_key, warehouse.warehouse_dir)
         # One `dbt build` per run builds every selected model and runs its tests in one process.
-        yield from dbt.cli(["build", "--vars", json.dumps(variables)], context=context).stream()
+        with warehouse.warehouse.writing(context.partition_key):
+            invocation = dbt.cli(["build", "--vars", json.dumps(variables)], context=context)
+            yield from invocation.stream()
+        # Each invocation writes its own target folder; keep the ones of failed runs to debug.
+        shutil.rmtree(invocation.target_path, ignore_errors=True)
 
     return [dbt_features]

@@ -12,6 +12,7 @@ from ml_platform.resources.warehouse import WarehouseResource
 
 
 def build_ingestion_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
+    """`raw_batch` for the config's data set and contract."""
     data = config.data
 
     @dg.asset(

@@ -1,0 +1,1 @@
+"""Training stage: the train/test split and one model asset per configured algorithm."""

@@ -19,6 +19,8 @@ FEATURES_KEY = dg.AssetKey("features")
 
 @dataclass
 class TrainingData:
+    """The split the candidates train and are scored on, with the batches and data hash behind it."""
+
     split: TrainTestSplit
     batches: list[str]
     data_hash: str
@@ -43,6 +45,8 @@ class ModelParamsConfig(dg.Config):
 
 
 def build_training_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
+    """`training_data` and one `<name>_model` asset per model in the config."""
+
     @dg.asset(
         partitions_def=batch_partitions,
         group_name="training",
@@ -52,18 +56,18 @@ def build_training_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
         f"(window: {config.training.window}, test size {config.training.test_size}).",
     )
     def training_data(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.Output[TrainingData]:
-        batches = training_window(context, config.training.window)
+        batches = training_window(context, config.training.window, warehouse)
         features = warehouse.warehouse.read_table(batches, "features")
         split = split_train_test(features, config.data, config.training, context.partition_key)
-        data = TrainingData(split=split, batches=batches, data_hash=frame_hash(features))
+        training_set = TrainingData(split=split, batches=batches, data_hash=frame_hash(features))
         return dg.Output(
-            data,
+            training_set,
             metadata={
                 "dagster/row_count": len(features),
                 "train_rows": len(split.train),
                 "test_rows": len(split.test),
                 "batches": ", ".join(batches),
-                "data_hash": data.data_hash,
+                "data_hash": training_set.data_hash,
                 "feature_columns": ", ".join(split.feature_columns),
             },
         )
@@ -71,17 +75,21 @@ def build_training_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
     return [training_data, *(build_model_asset(config, name, spec) for name, spec in config.models.items())]
 
 
-def training_window(context: dg.AssetExecutionContext, window: str) -> list[str]:
+def training_window(context: dg.AssetExecutionContext, window: str, warehouse: WarehouseResource) -> list[str]:
+    """The batches to train on: this one, or (cumulative) every earlier batch with features too."""
     if window == "batch":
         return [context.partition_key]
-    return batches_up_to(
-        context.instance.get_dynamic_partitions(batch_partitions.name),
-        context.partition_key,
-        ready=context.instance.get_materialized_partitions(FEATURES_KEY),
-    )
+    materialized = context.instance.get_materialized_partitions(FEATURES_KEY)
+    # A batch re-ingested since its features were built has none until dbt runs on it again.
+    ready = {batch_id for batch_id in materialized if warehouse.warehouse.has_table(batch_id, "features")}
+    if skipped := materialized - ready:
+        context.log.warning(f"Left out of the window, features being rebuilt: {', '.join(sorted(skipped))}")
+    return batches_up_to(context.instance.get_dynamic_partitions(batch_partitions.name), context.partition_key, ready)
 
 
 def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> dg.AssetsDefinition:
+    """`<name>_model`: fit the spec's Pipeline, score it on the held-out rows, log one MLflow run."""
+
     @dg.asset(
         name=f"{name}_model",
         partitions_def=batch_partitions,

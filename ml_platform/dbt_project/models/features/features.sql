@@ -2,13 +2,20 @@
 -- churn signals; any other data set passes through its staged columns unchanged, so a
 -- user's own batches train without writing SQL first.
 {% if var('dataset') == 'churn' %}
+with cleaned as (
+    select
+        *,
+        -- A missing total is a bill not yet totalled: estimate it from price and tenure.
+        coalesce(total_charges, monthly_charges * greatest(tenure_months, 1)) as total_charges_filled
+    from {{ ref('stg_batch') }}
+)
+
 select
     batch_id,
     customer_id,
     tenure_months,
     monthly_charges,
-    -- A missing total is a bill not yet totalled: estimate it from price and tenure.
-    coalesce(total_charges, monthly_charges * greatest(tenure_months, 1)) as total_charges,
+    total_charges_filled as total_charges,
     age,
     support_tickets,
     num_products,
@@ -27,10 +34,9 @@ select
     cast(internet_service = 'fiber_optic' as integer) as has_fiber,
     round(monthly_charges / num_products, 4) as charges_per_product,
     round(support_tickets / (greatest(tenure_months, 1) / 12.0), 4) as tickets_per_year,
-    round(coalesce(total_charges, monthly_charges * greatest(tenure_months, 1))
-          / nullif(monthly_charges * greatest(tenure_months, 1), 0), 4) as billing_ratio,
+    round(total_charges_filled / nullif(monthly_charges * greatest(tenure_months, 1), 0), 4) as billing_ratio,
     churned
-from {{ ref('stg_batch') }}
+from cleaned
 {% else %}
 select * from {{ ref('stg_batch') }}
 {% endif %}
