@@ -7,7 +7,10 @@ project's own state and can run in any order.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,26 @@ def small_config(**changes) -> PlatformConfig:
             node = node[part]
         node[leaf] = value
     return PlatformConfig.model_validate(raw)
+
+
+def overlapping_entries(lock: Callable[[], AbstractContextManager], threads: int = 4) -> int:
+    """How often a thread entered `lock()` while another was inside: 0 for a working lock."""
+    inside, overlaps = [], []
+
+    def enter() -> None:
+        with lock():
+            if inside:
+                overlaps.append(True)
+            inside.append(True)
+            time.sleep(0.05)
+            inside.pop()
+
+    workers = [threading.Thread(target=enter) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return len(overlaps)
 
 
 @dataclass

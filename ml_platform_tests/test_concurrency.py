@@ -57,30 +57,13 @@ def test_three_batches_materialized_at_once_all_succeed(tmp_path: Path):
         assert setup.wait(timeout=120) == 0, setup.stdout.read()
 
     dagster = str(BIN / "dagster")
+    parallel_job = [dagster, "job", "execute", "-m", "ml_platform.definitions", "-j", "batch_pipeline_parallel"]
     runs = {
         # Two runs with a process per step (two models train at a time) ...
-        "batch_0001": run(
-            dagster,
-            "job",
-            "execute",
-            "-m",
-            "ml_platform.definitions",
-            "-j",
-            "batch_pipeline_parallel",
-            "--tags",
-            json.dumps({"dagster/partition": "batch_0001"}),
-        ),
-        "batch_0002": run(
-            dagster,
-            "job",
-            "execute",
-            "-m",
-            "ml_platform.definitions",
-            "-j",
-            "batch_pipeline_parallel",
-            "--tags",
-            json.dumps({"dagster/partition": "batch_0002"}),
-        ),
+        **{
+            batch: run(*parallel_job, "--tags", json.dumps({"dagster/partition": batch}))
+            for batch in ("batch_0001", "batch_0002")
+        },
         # ... and the command CI runs, all at once.
         "batch_0003": run(
             dagster,

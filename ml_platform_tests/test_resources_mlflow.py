@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import threading
-import time
-
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
+from ml_platform_tests.conftest import overlapping_entries
 
 
 def resource(tracking_uri: str, tmp_path) -> MlflowTrackingResource:
@@ -30,20 +28,5 @@ def test_run_links_for_a_local_store_point_at_the_local_ui(tmp_path):
 
 def test_sqlite_writes_are_serialised(tmp_path):
     tracking = resource(f"sqlite:///{tmp_path}/mlflow.db", tmp_path)
-    inside, overlaps = [], []
-
-    def write():
-        with tracking.write_lock():
-            if inside:
-                overlaps.append(True)
-            inside.append(True)
-            time.sleep(0.05)
-            inside.pop()
-
-    threads = [threading.Thread(target=write) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert overlaps == []
+    assert overlapping_entries(tracking.write_lock) == 0
     assert (tmp_path / "mlflow.db.lock").exists()

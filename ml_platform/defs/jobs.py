@@ -4,19 +4,23 @@ import dagster as dg
 
 from ml_platform.defs.partitions import batch_partitions
 
-batch_pipeline_job = dg.define_asset_job(
+
+def _whole_pipeline(name: str, description: str, **kwargs):
+    """A job over every asset, partitioned by batch."""
+    return dg.define_asset_job(
+        name, selection=dg.AssetSelection.all(), partitions_def=batch_partitions, description=description, **kwargs
+    )
+
+
+batch_pipeline_job = _whole_pipeline(
     "batch_pipeline",
-    selection=dg.AssetSelection.all(),
-    partitions_def=batch_partitions,
-    description="Ingest one batch, build its features with dbt, train every candidate, evaluate, promote. "
+    "Ingest one batch, build its features with dbt, train every candidate, evaluate, promote. "
     "All steps in one process: the fastest choice for batches up to ~100k rows.",
 )
 
-batch_pipeline_parallel_job = dg.define_asset_job(
+batch_pipeline_parallel_job = _whole_pipeline(
     "batch_pipeline_parallel",
-    selection=dg.AssetSelection.all(),
-    partitions_def=batch_partitions,
-    description="The same pipeline with a process per step, so the candidate models train in parallel: "
+    "The same pipeline with a process per step, so the candidate models train in parallel: "
     "worth its start-up cost when training dominates (large batches, big models).",
     # Steps fork from a server that has imported the platform, dbt's adapter, scikit-learn and
     # MLflow once, instead of each step paying those imports again.
