@@ -109,3 +109,14 @@ def test_config_tracking_uri_wins_over_the_environment_and_the_local_store_is_th
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     configured = small_config(**{"tracking.tracking_uri": "http://127.0.0.1:6000"})
     assert build_resources(configured, settings)["mlflow"].tracking_uri == "http://127.0.0.1:6000"
+
+
+def test_artifacts_stay_in_the_project_for_the_embedded_store_and_follow_the_config(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    settings = Settings(home=tmp_path, config_path=tmp_path / "x.yaml")
+    local = build_resources(small_config(), settings)["mlflow"]
+    assert local.artifact_location == (tmp_path / "mlflow" / "artifacts").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert build_resources(small_config(), settings)["mlflow"].artifact_location is None  # the server decides
+    configured = small_config(**{"tracking.artifact_location": "s3://bucket/ml"})
+    assert build_resources(configured, settings)["mlflow"].artifact_location == "s3://bucket/ml"

@@ -8,7 +8,7 @@ from ml_platform_tests.conftest import overlapping_entries
 
 def resource(tracking_uri: str, tmp_path) -> MlflowTrackingResource:
     return MlflowTrackingResource(
-        tracking_uri=tracking_uri, artifact_location=str(tmp_path / "artifacts"), experiment_name="e"
+        tracking_uri=tracking_uri, artifact_location=(tmp_path / "artifacts").as_uri(), experiment_name="e"
     )
 
 

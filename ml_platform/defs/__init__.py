@@ -56,6 +56,15 @@ def tracking_uri(config: PlatformConfig, settings: Settings) -> str:
     return settings.local_tracking_uri
 
 
+def artifact_location(config: PlatformConfig, settings: Settings) -> str | None:
+    """The config's artifact location, else the project's folder when runs go to the embedded store."""
+    if config.tracking.artifact_location:
+        return config.tracking.artifact_location
+    if tracking_uri(config, settings) == settings.local_tracking_uri:
+        return (settings.mlflow_dir / "artifacts").as_uri()
+    return None
+
+
 def build_resources(config: PlatformConfig, settings: Settings) -> dict[str, Any]:
     """The resources every asset uses, configured from the platform's settings."""
     return {
@@ -69,7 +78,7 @@ def build_resources(config: PlatformConfig, settings: Settings) -> dict[str, Any
         ),
         "mlflow": MlflowTrackingResource(
             tracking_uri=tracking_uri(config, settings),
-            artifact_location=str(settings.mlflow_dir / "artifacts"),
+            artifact_location=artifact_location(config, settings),
             experiment_name=config.tracking.experiment_name,
         ),
         "reports": ReportsResource(reports_dir=str(settings.reports_dir)),

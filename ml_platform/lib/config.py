@@ -162,6 +162,9 @@ class PromotionConfig(StrictModel):
 class TrackingConfig(StrictModel):
     tracking_uri: str | None = None
     experiment_name: str | None = None
+    # Where new experiments keep artifacts (a folder or URI); by default `mlflow/artifacts/` for
+    # the embedded store, and the server's own default for a tracking server.
+    artifact_location: str | None = None
 
 
 CLASSIFICATION_METRICS = {"f1": "max", "roc_auc": "max", "precision": "max", "recall": "max", "accuracy": "max"}

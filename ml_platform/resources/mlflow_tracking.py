@@ -36,7 +36,7 @@ logging.getLogger("mlflow.utils.environment").addFilter(_DropUnpinnedPipWarning(
 
 class MlflowTrackingResource(dg.ConfigurableResource):
     tracking_uri: str
-    artifact_location: str
+    artifact_location: str | None = None  # None: the tracking server's default
     experiment_name: str
     # Where people open MLflow's UI; with a SQLite store that is `mlflow ui` started locally.
     ui_url: str = "http://127.0.0.1:5000"
@@ -67,11 +67,8 @@ class MlflowTrackingResource(dg.ConfigurableResource):
                 client = self.client()
                 experiment = client.get_experiment_by_name(self.experiment_name)
                 if experiment is None:
-                    Path(self.artifact_location).mkdir(parents=True, exist_ok=True)
                     try:
-                        client.create_experiment(
-                            self.experiment_name, artifact_location=Path(self.artifact_location).resolve().as_uri()
-                        )
+                        client.create_experiment(self.experiment_name, artifact_location=self.artifact_location)
                     except MlflowException as error:
                         # A tracking server takes no file lock: another step may have created it.
                         if error.error_code != "RESOURCE_ALREADY_EXISTS":
