@@ -132,7 +132,7 @@ def batches_list() -> None:
     instance = _instance(Settings.from_env())
     keys = instance.get_dynamic_partitions(batch_partitions.name)
     done = instance.get_materialized_partitions(dg.AssetKey("champion_model"))
-    table = Table("batch", "promoted step done")
+    table = Table("batch", "through the pipeline")
     for key in keys:
         table.add_row(key, "yes" if key in done else "no")
     console.print(table)
