@@ -59,7 +59,9 @@ def demo_data(
     seed: Annotated[int, typer.Option(help="Same seed, same data.")] = 42,
     drift: Annotated[float, typer.Option(min=0.0, help="How much each batch drifts from the one before.")] = 0.0,
     first: Annotated[int, typer.Option(min=1, help="Number of the first batch.")] = 1,
-    file_format: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
+    file_format: Annotated[
+        str | None, typer.Option("--format", help="csv or parquet; default: the config's data.file_format.")
+    ] = None,
 ) -> None:
     """Write deterministic customer-churn batches into the incoming folder.
 
@@ -69,9 +71,11 @@ def demo_data(
 
     settings = Settings.from_env()
     config = _load_config(settings)
-    if file_format not in ("csv", "parquet"):
-        fail(f"--format must be csv or parquet, got {file_format!r}")
-    paths = write_demo_batches(settings.incoming_dir(config), batches, rows, seed, drift, file_format, first)
+    file_format = file_format or config.data.file_format
+    try:
+        paths = write_demo_batches(settings.incoming_dir(config), batches, rows, seed, drift, file_format, first)
+    except ValueError as error:
+        fail(f"--format: {error}")
     for path in paths:
         console.print(f"wrote {path} ({rows} rows)")
 
@@ -151,6 +155,7 @@ def run(
     from ml_platform.defs.partitions import batch_partitions
 
     settings = Settings.from_env()
+    _load_config(settings)  # a bad config is one line here, not a traceback from the definitions
     instance = _instance(settings)
     known = instance.get_dynamic_partitions(batch_partitions.name)
     targets = known if all_batches else list(batch_ids or [])
@@ -160,7 +165,10 @@ def run(
     if unknown:
         fail(f"unknown batch(es) {', '.join(unknown)}: add them first with `ml-platform batches add` or `scan`")
 
-    import ml_platform.definitions as definitions
+    try:
+        import ml_platform.definitions as definitions
+    except FileNotFoundError as error:  # the dbt manifest has not been prepared
+        fail(str(error))
 
     job = definitions.defs.resolve_job_def("batch_pipeline")
     failed = []

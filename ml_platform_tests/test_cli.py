@@ -82,7 +82,7 @@ def test_failed_run_exits_non_zero_with_the_reason(cli):
         (["run", "batch_0099"], "unknown batch(es) batch_0099"),
         (["run"], "nothing to run"),
         (["champion"], "no champion yet"),
-        (["demo-data", "--format", "xlsx"], "--format must be csv or parquet"),
+        (["demo-data", "--format", "xlsx"], "file_format must be 'csv' or 'parquet', got 'xlsx'"),
     ],
 )
 def test_mistakes_get_one_clear_line_and_exit_2(cli, args, message):
@@ -95,9 +95,11 @@ def test_bad_config_is_reported_with_file_and_key(cli, tmp_path):
     broken = yaml.safe_load(Path(cli.env["ML_PLATFORM_CONFIG"]).read_text())
     broken["models"]["random_forest"]["params"]["n_estimators"] = -3
     Path(cli.env["ML_PLATFORM_CONFIG"]).write_text(yaml.safe_dump(broken))
-    result = cli("demo-data", check_exit=2)
-    assert cli.env["ML_PLATFORM_CONFIG"] in result.stderr
-    assert "models.random_forest" in result.stderr and "n_estimators" in result.stderr
+    for command in (["demo-data"], ["run", "--all"]):
+        result = cli(*command, check_exit=2)
+        assert cli.env["ML_PLATFORM_CONFIG"] in result.stderr
+        assert "models.random_forest" in result.stderr and "n_estimators" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_every_command_has_help_with_an_example(cli):

@@ -201,12 +201,13 @@ def test_rematerializing_a_batch_replaces_it(platform: PlatformUnderTest):
 def test_cumulative_window_trains_on_every_batch_up_to_this_one(platform: PlatformUnderTest):
     config = small_config(**{"training.window": "cumulative"})
     batches = platform.write_batches(3, rows=1000)
-    for batch in batches[:2]:
+    for batch in batches:
         assert platform.materialize(batch, config=config, selection=["raw_batch", "stg_batch", "features"]).success
     result = platform.materialize(batches[1], config=config, selection=["training_data"])
     data = result.output_for_node("training_data")
-    assert data.batches == ["batch_0001", "batch_0002"]
+    assert data.batches == ["batch_0001", "batch_0002"]  # batch 3 is later: not in batch 2's window
     assert len(data.split.train) + len(data.split.test) == 2000
+    assert set(data.split.test["batch_id"]) == {"batch_0002"}
 
 
 def test_bring_your_own_regression_data_in_parquet(platform: PlatformUnderTest):

@@ -12,6 +12,7 @@ from ml_platform.lib.config import (
     PARAMS_BY_MODEL_TYPE,
     ConfigError,
     PlatformConfig,
+    canonical_param_names,
     load_config,
     validate_model_params,
 )
@@ -230,3 +231,10 @@ def test_config_hash_changes_when_a_model_param_changes():
     raw["models"]["random_forest"]["params"]["max_depth"] = 11
 
     assert PlatformConfig.model_validate(raw).config_hash() != original
+
+
+def test_alias_and_field_names_merge_as_one_param():
+    from_file = canonical_param_names("gradient_boosting", {"n_estimators": 150, "learning_rate": 0.1})
+    override = canonical_param_names("gradient_boosting", {"max_iter": 50})
+    assert validate_model_params("gradient_boosting", {**from_file, **override})["max_iter"] == 50
+    assert canonical_param_names("random_forest", {"n_estimators": 5}) == {"n_estimators": 5}

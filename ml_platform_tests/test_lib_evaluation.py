@@ -10,7 +10,14 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
 from ml_platform.lib.config import CLASSIFICATION_METRICS, REGRESSION_METRICS
-from ml_platform.lib.evaluation import decide_promotion, is_better, metrics_table_markdown, pick_winner, score
+from ml_platform.lib.evaluation import (
+    champion_saw_batch,
+    decide_promotion,
+    is_better,
+    metrics_table_markdown,
+    pick_winner,
+    score,
+)
 
 
 def labelled(n_rows: int, seed: int) -> tuple[pd.DataFrame, pd.Series]:
@@ -171,3 +178,17 @@ def test_metrics_table_shows_missing_and_nan_values_as_not_available():
     table = metrics_table_markdown({"ridge": {"rmse": 1.5, "mae": float("nan")}}, "regression", winner="ridge")
 
     assert table.splitlines()[-1] == "| **ridge** (winner) | 1.5000 | n/a | n/a |"
+
+
+@pytest.mark.parametrize(
+    ("window", "champion_batch", "batch", "saw"),
+    [
+        ("cumulative", "b3", "b2", True),  # b3's window held all of b2
+        ("cumulative", "b2", "b2", False),  # same batch: the held-out rows were held out then too
+        ("cumulative", "b1", "b2", False),  # an earlier champion never saw b2
+        ("batch", "b3", "b2", False),  # a per-batch champion only saw b3
+        (None, None, "b2", False),  # a version registered without these tags
+    ],
+)
+def test_champion_saw_batch_only_when_a_later_cumulative_window_held_it(window, champion_batch, batch, saw):
+    assert champion_saw_batch(window, champion_batch, batch, ["b1", "b2", "b3"]) is saw

@@ -190,7 +190,7 @@ def _single_class(frame: pd.DataFrame) -> pd.DataFrame:
         ),
         pytest.param(
             _single_class,
-            ["target 'churned': expected at least two classes to train a classifier; found only ['0']"],
+            ["target 'churned': expected at least two classes to train a classifier; found only [0]"],
             id="single-class-target",
         ),
     ],

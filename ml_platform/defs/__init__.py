@@ -57,12 +57,14 @@ def tracking_uri(config: PlatformConfig, settings: Settings) -> str:
 
 
 def artifact_location(config: PlatformConfig, settings: Settings) -> str | None:
-    """The config's artifact location, else the project's folder when runs go to the embedded store."""
+    """The config's artifact location; else the server's default for a tracking server, and the
+    project's `mlflow/artifacts/` for a database store (MLflow would otherwise use `./mlruns`)."""
     if config.tracking.artifact_location:
         return config.tracking.artifact_location
-    if tracking_uri(config, settings) == settings.local_tracking_uri:
-        return (settings.mlflow_dir / "artifacts").as_uri()
-    return None
+    uri = config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri.startswith(("http://", "https://")):
+        return None
+    return (settings.mlflow_dir / "artifacts").as_uri()
 
 
 def build_resources(config: PlatformConfig, settings: Settings) -> dict[str, Any]:

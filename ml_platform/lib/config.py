@@ -139,6 +139,24 @@ class ModelSpec(StrictModel):
         return self
 
 
+def canonical_param_names(model_type: str, params: dict[str, Any]) -> dict[str, Any]:
+    """`params` with alias names replaced by the field names (`n_estimators` -> `max_iter`), so
+    that config-file params and launch-time overrides merge key by key."""
+    fields = PARAMS_BY_MODEL_TYPE[model_type].model_fields
+    renamed = {}
+    for key, value in params.items():
+        name = next(
+            (
+                field_name
+                for field_name, field in fields.items()
+                if isinstance(field.validation_alias, AliasChoices) and key in field.validation_alias.choices
+            ),
+            key,
+        )
+        renamed[name] = value
+    return renamed
+
+
 def validate_model_params(model_type: str, params: dict[str, Any]) -> dict[str, Any]:
     """The params with defaults filled in; raises ValueError naming a bad key."""
     return PARAMS_BY_MODEL_TYPE[model_type].model_validate(params).model_dump()

@@ -84,3 +84,17 @@ def decide_promotion(
         f"does not beat the champion on this batch's held-out data: {metric} {challenger:.4f} vs {champion:.4f} "
         f"(needed a margin over {min_improvement:g})",
     )
+
+
+def champion_saw_batch(
+    champion_window: str | None, champion_batch: str | None, batch_id: str, ordered_batches: list[str]
+) -> bool:
+    """Whether a champion trained on rows of `batch_id`, so scoring it there would flatter it.
+
+    It did when it was trained with a cumulative window for a later batch: that window held every
+    row of `batch_id`. (With a per-batch window, or for an earlier batch, it never saw this batch's
+    held-out rows: the split of a batch is the same whenever it runs.)
+    """
+    if champion_window != "cumulative" or champion_batch not in ordered_batches or batch_id not in ordered_batches:
+        return False
+    return ordered_batches.index(batch_id) < ordered_batches.index(champion_batch)

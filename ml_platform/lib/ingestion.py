@@ -180,7 +180,14 @@ def _contract_problems(con: duckdb.DuckDBPyConnection, data: DataConfig) -> list
         shown = ", ".join(map(str, rows[:5]))
         problems.append(f"column '{data.id_column}': expected unique ids; {value!r} appears in data rows {shown}")
     if data.task == "classification" and not problems:
-        classes = [row[0] for row in con.execute(f'SELECT DISTINCT "{data.target}" FROM landed ORDER BY 1').fetchall()]
+        # Counted after the cast: '0' and '0.0', or 'true' and 'True', are one class to a model.
+        target_type = SQL_TYPES[data.columns[data.target].type]
+        classes = [
+            row[0]
+            for row in con.execute(
+                f'SELECT DISTINCT CAST("{data.target}" AS {target_type}) FROM landed ORDER BY 1'
+            ).fetchall()
+        ]
         if len(classes) < 2:
             problems.append(
                 f"target '{data.target}': expected at least two classes to train a classifier; found only {classes}"

@@ -56,6 +56,9 @@ class Warehouse:
                 result = build(con)
                 con.execute("CHECKPOINT")
             with self.writing(batch_id):
+                # A dbt process killed mid-write leaves its WAL; DuckDB would refuse the new file
+                # beside a WAL that is not its own.
+                Path(f"{target}.wal").unlink(missing_ok=True)
                 os.replace(building, target)
         finally:
             for leftover in (building, Path(f"{building}.wal")):

@@ -5,7 +5,14 @@ import dagster as dg
 from ml_platform.defs.partitions import batch_partitions
 from ml_platform.defs.training.assets import TrainedCandidate, TrainingData
 from ml_platform.lib.config import PlatformConfig
-from ml_platform.lib.evaluation import PromotionDecision, decide_promotion, metrics_table_markdown, pick_winner, score
+from ml_platform.lib.evaluation import (
+    PromotionDecision,
+    champion_saw_batch,
+    decide_promotion,
+    metrics_table_markdown,
+    pick_winner,
+    score,
+)
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
 from ml_platform.resources.reports import ReportsResource
 
@@ -76,18 +83,28 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
         model_name = config.promotion.registered_model_name
         winner = evaluation_report["candidates"][evaluation_report["winner"]]
         # The report scored every candidate on this batch's held-out rows; the champion is scored
-        # on the very same rows, which it has never trained on.
+        # on the very same rows, unless it has trained on them (see champion_saw_batch).
         challenger_score = winner["metrics"][metric]
         split = training_data.split
         incumbent = mlflow.champion_version(model_name)
         champion_score = None
+        batches = context.instance.get_dynamic_partitions(batch_partitions.name)
         if incumbent is None:
             decision = decide_promotion(metric, mode, config.promotion.min_improvement, challenger_score, None)
+        elif champion_saw_batch(
+            incumbent.tags.get("window"), incumbent.tags.get("batch"), context.partition_key, batches
+        ):
+            decision = PromotionDecision(
+                "challenger",
+                f"the champion (v{incumbent.version}) was trained on a cumulative window up to "
+                f"{incumbent.tags['batch']}, which holds this batch's held-out rows: no fair comparison; "
+                "promote by hand if intended",
+            )
         else:
+            champion = mlflow.load_model(f"models:/{model_name}/{incumbent.version}")
             try:
-                champion = mlflow.load_model(f"models:/{model_name}/{incumbent.version}")
                 champion_score = score(task, champion, split.x_test, split.y_test)[metric]
-            except Exception as error:  # whatever keeps the old model from reading the new data
+            except (ValueError, KeyError, TypeError) as error:  # the old model cannot read the new data
                 decision = PromotionDecision(
                     "challenger",
                     f"the champion (v{incumbent.version}) cannot be scored on this batch's held-out data "
@@ -104,6 +121,7 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
             alias=decision.alias,
             tags={
                 "batch": context.partition_key,
+                "window": config.training.window,
                 "model_name": evaluation_report["winner"],
                 metric: f"{challenger_score:.6f}",
                 "promotion_reason": decision.reason,

@@ -7,7 +7,7 @@ import dagster as dg
 
 from ml_platform.defs.partitions import batch_partitions
 from ml_platform.lib.batches import batches_up_to
-from ml_platform.lib.config import ModelSpec, PlatformConfig
+from ml_platform.lib.config import ModelSpec, PlatformConfig, canonical_param_names
 from ml_platform.lib.evaluation import score
 from ml_platform.lib.provenance import code_version, frame_hash, library_versions
 from ml_platform.lib.training import TrainTestSplit, fit_model, split_train_test
@@ -79,12 +79,17 @@ def training_window(context: dg.AssetExecutionContext, window: str, warehouse: W
     """The batches to train on: this one, or (cumulative) every earlier batch with features too."""
     if window == "batch":
         return [context.partition_key]
-    materialized = context.instance.get_materialized_partitions(FEATURES_KEY)
+    window = batches_up_to(
+        context.instance.get_dynamic_partitions(batch_partitions.name),
+        context.partition_key,
+        ready=context.instance.get_materialized_partitions(FEATURES_KEY),
+    )
     # A batch re-ingested since its features were built has none until dbt runs on it again.
-    ready = {batch_id for batch_id in materialized if warehouse.warehouse.has_table(batch_id, "features")}
-    if skipped := materialized - ready:
-        context.log.warning(f"Left out of the window, features being rebuilt: {', '.join(sorted(skipped))}")
-    return batches_up_to(context.instance.get_dynamic_partitions(batch_partitions.name), context.partition_key, ready)
+    *earlier, current = window
+    ready = [batch_id for batch_id in earlier if warehouse.warehouse.has_table(batch_id, "features")]
+    if skipped := sorted(set(earlier) - set(ready)):
+        context.log.warning(f"Left out of the window, features being rebuilt: {', '.join(skipped)}")
+    return [*ready, current]
 
 
 def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> dg.AssetsDefinition:
@@ -105,9 +110,11 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
         mlflow: MlflowTrackingResource,
     ) -> dg.Output[TrainedCandidate]:
         split = training_data.split
-        fitted = fit_model(
-            platform.data.task, spec.type, {**spec.params, **config.params}, split, platform.training.random_state
-        )
+        params = {
+            **canonical_param_names(spec.type, spec.params),
+            **canonical_param_names(spec.type, config.params),
+        }
+        fitted = fit_model(platform.data.task, spec.type, params, split, platform.training.random_state)
         metrics = score(platform.data.task, fitted.pipeline, split.x_test, split.y_test)
         run_id, model_uri = mlflow.log_model_run(
             run_name=f"{name}-{context.partition_key}",
