@@ -94,6 +94,8 @@ class MlflowTrackingResource(dg.ConfigurableResource):
 
         experiment_id = self.experiment_id()
         signature = infer_signature(input_example, model.predict(input_example))
+        # Serialising the model to find its types is slow: done before taking the writer lock.
+        trusted_types = _library_types_in(model)
         with self.write_lock():
             mlflow.set_tracking_uri(self.tracking_uri)
             with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
@@ -108,7 +110,7 @@ class MlflowTrackingResource(dg.ConfigurableResource):
                     input_example=input_example,
                     # Pinned from what runs now: inferring requirements costs seconds per model.
                     pip_requirements=_pip_requirements(),
-                    skops_trusted_types=_library_types_in(model),
+                    skops_trusted_types=trusted_types,
                 )
         return run.info.run_id, info.model_uri
 
@@ -150,7 +152,9 @@ class MlflowTrackingResource(dg.ConfigurableResource):
             client = self.client()
             try:
                 client.get_registered_model(model_name)
-            except MlflowException:
+            except MlflowException as error:
+                if error.error_code != "RESOURCE_DOES_NOT_EXIST":  # as in champion_version
+                    raise
                 client.create_registered_model(model_name, description="Best model per batch, promoted by ml_platform.")
             version = client.create_model_version(model_name, source=model_uri, run_id=run_id, tags=tags)
             client.set_registered_model_alias(model_name, alias, version.version)

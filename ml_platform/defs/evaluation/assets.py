@@ -88,11 +88,13 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
         split = training_data.split
         incumbent = mlflow.champion_version(model_name)
         champion_score = None
-        batches = context.instance.get_dynamic_partitions(batch_partitions.name)
         if incumbent is None:
             decision = decide_promotion(metric, mode, config.promotion.min_improvement, challenger_score, None)
         elif champion_saw_batch(
-            incumbent.tags.get("window"), incumbent.tags.get("batch"), context.partition_key, batches
+            incumbent.tags.get("window"),
+            incumbent.tags.get("batch"),
+            context.partition_key,
+            context.instance.get_dynamic_partitions(batch_partitions.name),
         ):
             decision = PromotionDecision(
                 "challenger",
