@@ -211,7 +211,7 @@ def champion() -> None:
 
     settings = Settings.from_env()
     config = _load_config(settings)
-    tracking = build_resources(config, settings)["mlflow"].process_config_and_initialize()
+    tracking = build_resources(config, settings)["mlflow"].process_config_and_initialize().store
     name = config.promotion.registered_model_name
     version = tracking.champion_version(name)
     if version is None:

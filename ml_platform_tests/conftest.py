@@ -94,7 +94,7 @@ class PlatformUnderTest:
     def mlflow(self, config: PlatformConfig | None = None):
         from ml_platform.defs import build_resources
 
-        return build_resources(config or self.config, self.settings)["mlflow"].process_config_and_initialize()
+        return build_resources(config or self.config, self.settings)["mlflow"].process_config_and_initialize().store
 
 
 @pytest.fixture

@@ -1,184 +1,28 @@
-"""MLflow as a Dagster resource: runs, logged models and the Model Registry with aliases.
+"""MLflow as a Dagster resource: configures the platform's `MlflowStore` for the assets.
 
 dagster-mlflow's `mlflow_tracking` keeps one MLflow run per Dagster run, its hook can end that
 run before other steps finish (dagster#21872), and it is not a ConfigurableResource
 (dagster#15053). The platform logs one run per model per batch from steps that may run in
 separate processes, so it talks to MLflow through this resource instead.
-
-SQLite, the default store, allows one writer at a time. Writes are serialised through a file
-lock next to the database, so parallel steps and runs queue for a moment instead of failing
-with "database is locked". With a tracking server (an http URI) no lock is taken.
 """
 
-import contextlib
-import json
-import logging
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
-
 import dagster as dg
-from filelock import FileLock
 from pydantic import PrivateAttr
 
-
-class _DropUnpinnedPipWarning(logging.Filter):
-    """uv-managed environments have no pip, so MLflow warns on every model that its conda.yaml
-    lists pip unpinned. The model's own requirements are pinned; the warning only buries real ones."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Failed to resolve installed pip version" not in record.getMessage()
-
-
-logging.getLogger("mlflow.utils.environment").addFilter(_DropUnpinnedPipWarning())
+from ml_platform.lib.mlflow_store import MlflowStore
 
 
 class MlflowTrackingResource(dg.ConfigurableResource):
     tracking_uri: str
     artifact_location: str | None = None  # None: the tracking server's default
     experiment_name: str
-    # Where people open MLflow's UI; with a SQLite store that is `mlflow ui` started locally.
     ui_url: str = "http://127.0.0.1:5000"
 
-    _experiment_id: str | None = PrivateAttr(default=None)
+    _store: MlflowStore | None = PrivateAttr(default=None)
 
-    @contextlib.contextmanager
-    def write_lock(self) -> Iterator[None]:
-        if self.tracking_uri.startswith("sqlite:///"):
-            database = Path(self.tracking_uri.removeprefix("sqlite:///"))
-            database.parent.mkdir(parents=True, exist_ok=True)
-            with FileLock(f"{database}.lock", timeout=600):
-                yield
-        else:
-            yield
-
-    def client(self):
-        from mlflow import MlflowClient
-
-        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
-
-    def experiment_id(self) -> str:
-        """The experiment's id, created on first use (by whichever parallel step gets there first)."""
-        from mlflow.exceptions import MlflowException
-
-        if self._experiment_id is None:
-            with self.write_lock():
-                client = self.client()
-                experiment = client.get_experiment_by_name(self.experiment_name)
-                if experiment is None:
-                    try:
-                        client.create_experiment(self.experiment_name, artifact_location=self.artifact_location)
-                    except MlflowException as error:
-                        # A tracking server takes no file lock: another step may have created it.
-                        if error.error_code != "RESOURCE_ALREADY_EXISTS":
-                            raise
-                    experiment = client.get_experiment_by_name(self.experiment_name)
-                self._experiment_id = experiment.experiment_id
-        return self._experiment_id
-
-    def log_model_run(
-        self,
-        run_name: str,
-        params: dict[str, Any],
-        metrics: dict[str, float],
-        tags: dict[str, str],
-        model,
-        input_example,
-        artifacts: dict[str, Any] | None = None,
-    ) -> tuple[str, str]:
-        """One finished run: params, metrics and tags in batched writes, the fitted model with
-        its signature and input example, and JSON artifacts. Returns (run_id, model_uri)."""
-        import mlflow.sklearn
-        from mlflow.models import infer_signature
-
-        experiment_id = self.experiment_id()
-        signature = infer_signature(input_example, model.predict(input_example))
-        # Serialising the model to find its types is slow: done before taking the writer lock.
-        trusted_types = _library_types_in(model)
-        with self.write_lock():
-            mlflow.set_tracking_uri(self.tracking_uri)
-            with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
-                mlflow.log_params({key: _param_value(value) for key, value in params.items()})
-                mlflow.log_metrics(metrics)
-                for name, content in (artifacts or {}).items():
-                    mlflow.log_dict(content, name)
-                info = mlflow.sklearn.log_model(
-                    model,
-                    name="model",
-                    signature=signature,
-                    input_example=input_example,
-                    # Pinned from what runs now: inferring requirements costs seconds per model.
-                    pip_requirements=_pip_requirements(),
-                    skops_trusted_types=trusted_types,
-                )
-        return run.info.run_id, info.model_uri
-
-    def run_url(self, run_id: str) -> str:
-        """The run's page in MLflow's UI: the tracking server's own, or `ui_url` for a local store."""
-        server = self.tracking_uri if self.tracking_uri.startswith(("http://", "https://")) else self.ui_url
-        # Credentials in a tracking URI (https://user:token@host) must not reach asset metadata.
-        parts = urlsplit(server)
-        public = urlunsplit(parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else "")))
-        return f"{public.rstrip('/')}/#/experiments/{self.experiment_id()}/runs/{run_id}"
-
-    def champion_version(self, model_name: str, alias: str = "champion"):
-        """The model version holding `alias`, or None when the model or the alias does not exist yet.
-
-        Any other failure (a locked database, a server error) raises: reading it as "no champion"
-        would crown the next winner without a comparison.
-        """
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return self.client().get_model_version_by_alias(model_name, alias)
-        except MlflowException as error:
-            if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                return None
-            raise
-
-    def load_model(self, model_uri: str):
-        import mlflow.sklearn
-
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
-        return mlflow.sklearn.load_model(model_uri)
-
-    def register(self, model_name: str, model_uri: str, run_id: str, alias: str, tags: dict[str, str]) -> str:
-        """Register `model_uri` as a new version of `model_name` and give it `alias`. Returns the version."""
-        from mlflow.exceptions import MlflowException
-
-        with self.write_lock():
-            client = self.client()
-            try:
-                client.get_registered_model(model_name)
-            except MlflowException as error:
-                if error.error_code != "RESOURCE_DOES_NOT_EXIST":  # as in champion_version
-                    raise
-                client.create_registered_model(model_name, description="Best model per batch, promoted by ml_platform.")
-            version = client.create_model_version(model_name, source=model_uri, run_id=run_id, tags=tags)
-            client.set_registered_model_alias(model_name, alias, version.version)
-        return str(version.version)
-
-
-def _param_value(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def _library_types_in(model) -> list[str]:
-    """The scikit-learn, NumPy and SciPy types a model's skops file holds, which MLflow asks us to
-    name before it will load them. Anything from another package stays untrusted, so loading fails."""
-    import skops.io
-
-    return [
-        name
-        for name in skops.io.get_untrusted_types(data=skops.io.dumps(model))
-        if name.split(".")[0] in ("sklearn", "numpy", "scipy")
-    ]
-
-
-def _pip_requirements() -> list[str]:
-    from ml_platform.lib.provenance import library_versions
-
-    versions = library_versions()
-    return [f"{name}=={versions[name]}" for name in ("scikit-learn", "pandas", "numpy", "mlflow")]
+    @property
+    def store(self) -> MlflowStore:
+        """One store per resource instance, so the experiment id is looked up once per run."""
+        if self._store is None:
+            self._store = MlflowStore(self.tracking_uri, self.experiment_name, self.artifact_location, self.ui_url)
+        return self._store

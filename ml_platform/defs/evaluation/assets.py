@@ -86,7 +86,7 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
         # on the very same rows, unless it has trained on them (see champion_saw_batch).
         challenger_score = winner["metrics"][metric]
         split = training_data.split
-        incumbent = mlflow.champion_version(model_name)
+        incumbent = mlflow.store.champion_version(model_name)
         champion_score = None
         if incumbent is None:
             decision = decide_promotion(metric, mode, config.promotion.min_improvement, challenger_score, None)
@@ -103,7 +103,7 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
                 "promote by hand if intended",
             )
         else:
-            champion = mlflow.load_model(f"models:/{model_name}/{incumbent.version}")
+            champion = mlflow.store.load_model(f"models:/{model_name}/{incumbent.version}")
             try:
                 champion_score = score(task, champion, split.x_test, split.y_test)[metric]
             except (ValueError, KeyError, TypeError) as error:  # the old model cannot read the new data
@@ -116,7 +116,7 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
                 decision = decide_promotion(
                     metric, mode, config.promotion.min_improvement, challenger_score, champion_score
                 )
-        version = mlflow.register(
+        version = mlflow.store.register(
             model_name,
             winner["model_uri"],
             winner["mlflow_run_id"],
@@ -145,7 +145,7 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
                     if champion_score is not None
                     else {}
                 ),
-                "mlflow_run": dg.MetadataValue.url(mlflow.run_url(winner["mlflow_run_id"])),
+                "mlflow_run": dg.MetadataValue.url(mlflow.store.run_url(winner["mlflow_run_id"])),
             }
         )
 

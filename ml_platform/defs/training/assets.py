@@ -116,7 +116,7 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
         }
         fitted = fit_model(platform.data.task, spec.type, params, split, platform.training.random_state)
         metrics = score(platform.data.task, fitted.pipeline, split.x_test, split.y_test)
-        run_id, model_uri = mlflow.log_model_run(
+        run_id, model_uri = mlflow.store.log_model_run(
             run_name=f"{name}-{context.partition_key}",
             params={
                 "model_type": spec.type,
@@ -149,7 +149,7 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
                 "fit_seconds": fitted.fit_seconds,
                 "mlflow_run_id": run_id,
                 "model_uri": model_uri,
-                "mlflow_run": dg.MetadataValue.url(mlflow.run_url(run_id)),
+                "mlflow_run": dg.MetadataValue.url(mlflow.store.run_url(run_id)),
             },
         )
 

@@ -1,19 +1,17 @@
-"""The MLflow resource's own rules: links without credentials, one writer for a SQLite store."""
+"""The MLflow store's own rules: links without credentials, one writer for a SQLite store."""
 
 from __future__ import annotations
 
-from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
+from ml_platform.lib.mlflow_store import MlflowStore
 from ml_platform_tests.conftest import overlapping_entries
 
 
-def resource(tracking_uri: str, tmp_path) -> MlflowTrackingResource:
-    return MlflowTrackingResource(
-        tracking_uri=tracking_uri, artifact_location=(tmp_path / "artifacts").as_uri(), experiment_name="e"
-    )
+def store(tracking_uri: str, tmp_path) -> MlflowStore:
+    return MlflowStore(tracking_uri, experiment_name="e", artifact_location=(tmp_path / "artifacts").as_uri())
 
 
 def test_run_links_never_carry_credentials_of_the_tracking_uri(tmp_path):
-    tracking = resource("https://bob:s3cret@mlflow.example.com:8443/", tmp_path)
+    tracking = store("https://bob:s3cret@mlflow.example.com:8443/", tmp_path)
     tracking._experiment_id = "3"
     url = tracking.run_url("abc")
     assert url == "https://mlflow.example.com:8443/#/experiments/3/runs/abc"
@@ -21,12 +19,12 @@ def test_run_links_never_carry_credentials_of_the_tracking_uri(tmp_path):
 
 
 def test_run_links_for_a_local_store_point_at_the_local_ui(tmp_path):
-    tracking = resource(f"sqlite:///{tmp_path}/mlflow.db", tmp_path)
+    tracking = store(f"sqlite:///{tmp_path}/mlflow.db", tmp_path)
     tracking._experiment_id = "1"
     assert tracking.run_url("r") == "http://127.0.0.1:5000/#/experiments/1/runs/r"
 
 
 def test_sqlite_writes_are_serialised(tmp_path):
-    tracking = resource(f"sqlite:///{tmp_path}/mlflow.db", tmp_path)
+    tracking = store(f"sqlite:///{tmp_path}/mlflow.db", tmp_path)
     assert overlapping_entries(tracking.write_lock) == 0
     assert (tmp_path / "mlflow.db.lock").exists()
