@@ -80,7 +80,7 @@ def test_one_model_asset_per_configured_algorithm(tmp_path: Path):
 
 
 def test_dagster_definitions_validate_passes_with_only_the_venv_binary(tmp_path: Path):
-    # No venv on PATH: dagster-dbt must still find dbt (set from the interpreter's folder).
+    # No venv on PATH, as when CI calls .venv/bin/dagster: nothing may depend on finding a tool there.
     env = {**os.environ, "PATH": "/usr/bin:/bin", "DAGSTER_HOME": str(tmp_path), "ML_PLATFORM_HOME": str(tmp_path)}
     result = subprocess.run(
         [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],

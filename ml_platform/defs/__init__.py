@@ -1,12 +1,9 @@
 """Dagster wiring: one folder per stage of the pipeline, assembled by `build_definitions`."""
 
 import os
-import sys
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import DbtCliResource
 
 from ml_platform.defs.evaluation.assets import build_evaluation_assets
 from ml_platform.defs.features.assets import DBT_PROJECT, build_feature_assets
@@ -15,6 +12,7 @@ from ml_platform.defs.jobs import batch_pipeline_job, batch_pipeline_parallel_jo
 from ml_platform.defs.training.assets import build_training_assets
 from ml_platform.lib.config import PlatformConfig
 from ml_platform.lib.settings import Settings
+from ml_platform.resources.dbt_runner import DbtRunnerResource
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
 from ml_platform.resources.reports import ReportsResource
 from ml_platform.resources.warehouse import WarehouseResource
@@ -73,10 +71,10 @@ def build_resources(config: PlatformConfig, settings: Settings) -> dict[str, Any
         "warehouse": WarehouseResource(
             incoming_dir=str(settings.incoming_dir(config)), warehouse_dir=str(settings.warehouse_dir)
         ),
-        "dbt": DbtCliResource(
-            project_dir=DBT_PROJECT,
-            # dagster-dbt looks for `dbt` on PATH, which a bare `.venv/bin/dagster` lacks.
-            dbt_executable=str(Path(sys.executable).parent / "dbt"),
+        "dbt": DbtRunnerResource(
+            project_dir=str(DBT_PROJECT.project_dir),
+            profiles_dir=str(DBT_PROJECT.profiles_dir),
+            runs_dir=str(settings.dbt_runs_dir),
         ),
         "mlflow": MlflowTrackingResource(
             tracking_uri=tracking_uri(config, settings),

@@ -41,6 +41,11 @@ class Settings:
         return self.home / "data" / "warehouse"
 
     @property
+    def dbt_runs_dir(self) -> Path:
+        """Run artifacts of failed dbt builds (successful ones are removed)."""
+        return self.home / "data" / "dbt_runs"
+
+    @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
 

@@ -4,18 +4,17 @@ dbt tests become asset checks. Each run passes the batch id and the warehouse fo
 vars, and the dbt profile opens that batch's own database file.
 """
 
-import json
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from dagster_dbt import DagsterDbtTranslator, DbtProject, dbt_assets
 
 from ml_platform.defs.partitions import batch_partitions
 from ml_platform.lib.batches import validate_batch_id
 from ml_platform.lib.config import PlatformConfig
+from ml_platform.resources.dbt_runner import DbtRunnerResource
 from ml_platform.resources.warehouse import WarehouseResource
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
@@ -50,20 +49,19 @@ def build_feature_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
             "(dbt parse) before loading the definitions"
         )
 
+    translator = FeaturesTranslator()
+
     @dbt_assets(
         manifest=DBT_PROJECT.manifest_path,
         project=DBT_PROJECT,
         partitions_def=batch_partitions,
-        dagster_dbt_translator=FeaturesTranslator(),
+        dagster_dbt_translator=translator,
         name="dbt_features",
     )
-    def dbt_features(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: WarehouseResource):
+    def dbt_features(context: dg.AssetExecutionContext, dbt: DbtRunnerResource, warehouse: WarehouseResource):
         variables = dbt_vars(config, context.partition_key, warehouse.warehouse_dir)
-        # One `dbt build` per run builds every selected model and runs its tests in one process.
+        # One `dbt build` per run builds every selected model and runs its tests.
         with warehouse.warehouse.writing(context.partition_key):
-            invocation = dbt.cli(["build", "--vars", json.dumps(variables)], context=context)
-            yield from invocation.stream()
-        # Each invocation writes its own target folder; keep the ones of failed runs to debug.
-        shutil.rmtree(invocation.target_path, ignore_errors=True)
+            yield from dbt.build(context, variables, translator, DBT_PROJECT.manifest_path)
 
     return [dbt_features]
