@@ -41,7 +41,6 @@ class DbtRunnerResource(dg.ConfigurableResource):
         context: dg.AssetExecutionContext,
         variables: dict[str, str],
         translator: DagsterDbtTranslator,
-        manifest_path: Path,
     ) -> Iterator[Any]:
         """`dbt build` of the step's selected models and tests; yields their Dagster events.
 
@@ -52,6 +51,7 @@ class DbtRunnerResource(dg.ConfigurableResource):
         from dbt.cli.main import dbtRunner
         from dbt_common.events.functions import msg_to_dict
 
+        manifest_path = Path(self.project_dir) / "target" / "manifest.json"
         manifest_json = json.loads(manifest_path.read_text())
         params = get_updated_cli_invocation_params_for_context(
             context=context, manifest=manifest_json, dagster_dbt_translator=translator

@@ -41,19 +41,19 @@ def dbt_vars(config: PlatformConfig, batch_id: str, warehouse_dir: str) -> dict[
     }
 
 
-def build_feature_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
+def build_feature_assets(config: PlatformConfig, project: DbtProject = DBT_PROJECT) -> list[dg.AssetsDefinition]:
     """The dbt models as assets, run with the config's data set names as dbt vars."""
-    if not DBT_PROJECT.manifest_path.exists():
+    if not project.manifest_path.exists():
         raise FileNotFoundError(
-            f"dbt manifest not found at {DBT_PROJECT.manifest_path}; run `make prepare` "
+            f"dbt manifest not found at {project.manifest_path}; run `make prepare` "
             "(dbt parse) before loading the definitions"
         )
 
     translator = FeaturesTranslator()
 
     @dbt_assets(
-        manifest=DBT_PROJECT.manifest_path,
-        project=DBT_PROJECT,
+        manifest=project.manifest_path,
+        project=project,
         partitions_def=batch_partitions,
         dagster_dbt_translator=translator,
         name="dbt_features",
@@ -62,6 +62,6 @@ def build_feature_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
         variables = dbt_vars(config, context.partition_key, warehouse.warehouse_dir)
         # One `dbt build` per run builds every selected model and runs its tests.
         with warehouse.warehouse.writing(context.partition_key):
-            yield from dbt.build(context, variables, translator, DBT_PROJECT.manifest_path)
+            yield from dbt.build(context, variables, translator)
 
     return [dbt_features]
