@@ -1,6 +1,7 @@
 # Two commands do all set-up on a machine with Python 3.11 and make:
 #   make demo   install from the lock, generate demo batches, run the pipeline, show the champion
 #   make test   install from the lock and run the test suite (what CI runs)
+# and, on demand, make bench   the performance benchmark (benchmarks/)
 SHELL := /bin/bash
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
@@ -12,7 +13,7 @@ DBT_DIR := ml_platform/dbt_project
 DEMO_BATCHES ?= 3
 DEMO_ROWS ?= 5000
 
-.PHONY: install prepare demo test clean
+.PHONY: install prepare demo test bench clean
 
 install:
 	@# A Python that refuses system-wide installs (PEP 668) still takes a --user one.
@@ -40,8 +41,14 @@ demo: prepare
 	@echo "  MLflow:  $(RUN) mlflow ui --backend-store-uri sqlite:///$(ML_PLATFORM_HOME)/mlflow/mlflow.db --host 127.0.0.1 --port 5000"
 
 test: prepare
-	$(RUN) ruff check ml_platform ml_platform_tests
+	$(RUN) ruff check ml_platform ml_platform_tests benchmarks
 	$(RUN) pytest
+
+# The performance benchmark (benchmarks/run.py): about an hour on 2 cores; writes benchmarks/RESULTS.md.
+# A quick look: make bench BENCH_ARGS="--sizes 10000 --repeats 1 --backfill 0 --output /tmp/bench.md"
+BENCH_ARGS ?=
+bench: prepare
+	$(RUN) python -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf .dagster_home data/warehouse mlflow reports $(DBT_DIR)/target data/incoming/*.csv data/incoming/*.parquet
