@@ -50,7 +50,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.measure import Measured, PeakRssSampler, kill_group, run_measured, tail, without_unexeced_forks
-from ml_platform.lib.config import PlatformConfig, load_config
+from ml_platform.lib.config import PlatformConfig, compose_config, load_config
 from ml_platform.lib.demo_data import write_demo_batches
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -543,7 +543,7 @@ def run_backfill(bench: Bench, count: int, rows: int, backfills: list[Backfill])
     paths = write_demo_batches(source_dir, count, rows, first_batch=1, drift=0.03)
     batches = {path.stem: path for path in paths}
     cumulative_config = bench.work_dir / "platform_cumulative.yaml"
-    raw = yaml.safe_load(bench.config_path.read_text())
+    raw = compose_config(bench.config_path)  # a standalone file: its defaults list resolved
     raw.setdefault("training", {})["window"] = "cumulative"
     cumulative_config.write_text(yaml.safe_dump(raw, sort_keys=False))
     for window, config_path in (("batch", bench.config_path), ("cumulative", cumulative_config)):

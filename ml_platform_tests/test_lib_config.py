@@ -13,6 +13,7 @@ from ml_platform.lib.config import (
     ConfigError,
     PlatformConfig,
     canonical_param_names,
+    compose_config,
     load_config,
     validate_model_params,
 )
@@ -20,8 +21,10 @@ from ml_platform.lib.settings import DEFAULT_CONFIG_PATH
 
 
 def default_raw() -> dict:
-    """The default config file as plain YAML, interpolations left unresolved."""
-    return yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    """The default config composed into one standalone mapping, with the seed interpolation restored."""
+    raw = compose_config(DEFAULT_CONFIG_PATH)
+    raw["training"]["random_state"] = "${seed}"
+    return raw
 
 
 def write_config(tmp_path: Path, raw: dict) -> Path:

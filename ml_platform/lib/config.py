@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -237,27 +238,106 @@ class PlatformConfig(StrictModel):
 
     def config_hash(self) -> str:
         """A short, stable fingerprint of the resolved config, recorded with every model."""
-        canonical = json.dumps(self.loggable(), sort_keys=True)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return _hash(self.loggable())
+
+
+def _hash(content: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ExperimentConfig(StrictModel):
+    """One experiment: one model on one data set with one split, composed from `configs/experiment.yaml`
+    and its groups. `ml-platform experiment create` records it; every run of it logs it to MLflow."""
+
+    seed: int = 42
+    # Names an MLflow experiment; by default `<model type>-<config hash>`.
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    description: str = ""
+    data: DataConfig
+    model: ModelSpec
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @model_validator(mode="after")
+    def _model_fits_the_task(self) -> ExperimentConfig:
+        allowed = MODEL_TYPES_BY_TASK[self.data.task]
+        if self.model.type not in allowed:
+            raise ValueError(
+                f"model: type {self.model.type!r} does not fit task {self.data.task!r}; allowed: {', '.join(allowed)}"
+            )
+        if self.name is None:
+            self.name = f"{self.model.type}-{self.config_hash()[:8]}"
+        return self
+
+    def loggable(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def config_hash(self) -> str:
+        """The fingerprint of what decides the model: name and description left out, so two
+        experiments with the same settings share a hash."""
+        return _hash(self.model_dump(mode="json", exclude={"name", "description"}))
 
 
 class ConfigError(ValueError):
-    """A config file that cannot be used; the message names the file and the key."""
+    """A config that cannot be used; the message names the file and the key."""
 
 
-def load_config(path: Path) -> PlatformConfig:
-    """Read and validate a platform config; every problem is reported with its key path."""
+def compose_config(path: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Compose a config file with Hydra: its defaults list pulls in the groups beside it (`data/`,
+    `model/`, `training/`), then command-line style `overrides` apply (`model=gradient_boosting`,
+    `model.params.n_estimators=200`); interpolations such as `${seed}` are resolved."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException, MissingConfigException
+
+    path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    if path.suffix != ".yaml":
+        raise ConfigError(f"{path}: expected a .yaml file (configs compose from .yaml files)")
     try:
-        # OmegaConf resolves interpolations such as `random_state: ${seed}`.
-        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except (yaml.YAMLError, OmegaConfBaseException) as error:
-        raise ConfigError(f"{path}: {' '.join(str(error).split())}") from None
+        with initialize_config_dir(config_dir=str(path.parent.resolve())):
+            composed = compose(config_name=path.stem, overrides=list(overrides))
+        raw = OmegaConf.to_container(composed, resolve=True)
+    except MissingConfigException as error:
+        raise ConfigError(f"{path}: {_missing_option_message(error, overrides)}") from None
+    except (HydraException, yaml.YAMLError, OmegaConfBaseException) as error:
+        raise ConfigError(f"{path}: {_one_line(error)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def _missing_option_message(error, overrides: Sequence[str]) -> str:
+    """Hydra's "could not find 'model/xgboost'" as the override that asked for it and the options."""
+    missing = error.missing_cfg_file or ""
+    if error.options and "/" in missing:
+        group, option = missing.rsplit("/", 1)
+        asked = next((o for o in overrides if o.split("=", 1)[0].lstrip("+~").split("@")[0] == group), None)
+        return f"{asked or missing}: unknown {group} {option!r}; allowed: {', '.join(sorted(error.options))}"
+    return _one_line(error)
+
+
+def _one_line(error: Exception) -> str:
+    """An error's message on one line, without Hydra's config search path listing."""
+    message = str(error).split("Config search path")[0]
+    if error.__cause__ is not None and "Could not override" in message:
+        # Hydra's own hint follows on the next lines; the cause says which key was unknown.
+        message = f"{message.splitlines()[0].rstrip('.')}: {str(error.__cause__).splitlines()[0]}"
+    return " ".join(message.split())
+
+
+def load_config(path: Path, overrides: Sequence[str] = ()) -> PlatformConfig:
+    """Compose and validate a platform config; every problem is reported with its key path."""
+    return _validated(PlatformConfig, compose_config(path, overrides), path)
+
+
+def load_experiment_config(path: Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Compose and validate an experiment config (`configs/experiment.yaml` plus overrides)."""
+    return _validated(ExperimentConfig, compose_config(path, overrides), path)
+
+
+def _validated(schema: type[StrictModel], raw: dict[str, Any], path: Path):
     try:
-        return PlatformConfig.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(f"{path}: {format_validation_error(error)}") from None
 
@@ -266,7 +346,8 @@ def format_validation_error(error: ValidationError) -> str:
     """Pydantic's errors as `key.path: message` lines, one per problem."""
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        key = ".".join(str(part) for part in item["loc"])
         message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"{key}: {message}")
+        # A check of the whole config names its keys in the message itself.
+        lines.append(f"{key}: {message}" if key else message)
     return "; ".join(lines)

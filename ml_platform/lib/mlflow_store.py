@@ -19,6 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from filelock import FileLock
 
+from ml_platform.lib.registry import set_alias
+
 
 class _DropUnpinnedPipWarning(logging.Filter):
     """uv-managed environments have no pip, so MLflow warns on every model that its conda.yaml
@@ -82,25 +84,29 @@ class MlflowStore:
         metrics: dict[str, float],
         tags: dict[str, str],
         model,
-        input_example,
+        input_example=None,
         artifacts: dict[str, Any] | None = None,
     ) -> tuple[str, str]:
-        """One finished run: params, metrics and tags in batched writes, the fitted model with
-        its signature and input example, and JSON artifacts. Returns (run_id, model_uri)."""
+        """One finished run: params, metrics and tags in batched writes, the fitted model (with its
+        signature when an input example is given) and artifacts: a dict or list is written as JSON,
+        a path is copied. Returns (run_id, model_uri)."""
         import mlflow.sklearn
         from mlflow.models import infer_signature
 
         experiment_id = self.experiment_id()
-        signature = infer_signature(input_example, model.predict(input_example))
+        signature = None if input_example is None else infer_signature(input_example, model.predict(input_example))
         # Serialising the model to find its types is slow: done before taking the writer lock.
-        trusted_types = _library_types_in(model)
+        trusted_types = library_types_in(model)
         with self.write_lock():
             mlflow.set_tracking_uri(self.tracking_uri)
             with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
                 mlflow.log_params({key: _param_value(value) for key, value in params.items()})
                 mlflow.log_metrics(metrics)
                 for name, content in (artifacts or {}).items():
-                    mlflow.log_dict(content, name)
+                    if isinstance(content, dict | list):
+                        mlflow.log_dict(content, name)
+                    else:
+                        mlflow.log_artifact(str(content), artifact_path=name)
                 info = mlflow.sklearn.log_model(
                     model,
                     name="model",
@@ -155,7 +161,7 @@ class MlflowStore:
                     raise
                 client.create_registered_model(model_name, description="Best model per batch, promoted by ml_platform.")
             version = client.create_model_version(model_name, source=model_uri, run_id=run_id, tags=tags)
-            client.set_registered_model_alias(model_name, alias, version.version)
+            set_alias(client, model_name, alias, str(version.version), reason=tags.get("promotion_reason", ""))
         return str(version.version)
 
 
@@ -163,7 +169,7 @@ def _param_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _library_types_in(model) -> list[str]:
+def library_types_in(model) -> list[str]:
     """The scikit-learn, NumPy and SciPy types a model's skops file holds, which MLflow asks us to
     name before it will load them. Anything from another package stays untrusted, so loading fails."""
     import skops.io

@@ -14,6 +14,7 @@ from ml_platform.lib.config import PlatformConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "configs" / "platform.yaml"
+DEFAULT_EXPERIMENT_CONFIG_PATH = PROJECT_ROOT / "configs" / "experiment.yaml"
 
 
 @dataclass(frozen=True)
@@ -57,3 +58,15 @@ class Settings:
     def local_tracking_uri(self) -> str:
         """The embedded MLflow store, used unless the config or MLFLOW_TRACKING_URI names another."""
         return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLFLOW_TRACKING_URI when set, else the embedded store."""
+        return os.environ.get("MLFLOW_TRACKING_URI") or self.local_tracking_uri
+
+    def artifact_location(self, tracking_uri: str) -> str | None:
+        """Where new experiments keep artifacts: a tracking server's own default, and the project's
+        `mlflow/artifacts/` for a database store (MLflow would otherwise use `./mlruns`)."""
+        if tracking_uri.startswith(("http://", "https://")):
+            return None
+        return (self.mlflow_dir / "artifacts").as_uri()

@@ -7,10 +7,18 @@ import dagster as dg
 
 from ml_platform.defs.partitions import batch_partitions
 from ml_platform.lib.batches import batches_up_to
-from ml_platform.lib.config import ModelSpec, PlatformConfig, canonical_param_names
+from ml_platform.lib.config import (
+    DataConfig,
+    ExperimentConfig,
+    ModelSpec,
+    PlatformConfig,
+    TrainingConfig,
+    canonical_param_names,
+)
 from ml_platform.lib.evaluation import score
+from ml_platform.lib.mlflow_store import MlflowStore
 from ml_platform.lib.provenance import code_version, frame_hash, library_versions
-from ml_platform.lib.training import TrainTestSplit, fit_model, split_train_test
+from ml_platform.lib.training import FittedModel, TrainTestSplit, fit_model, split_train_test
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
 from ml_platform.resources.warehouse import WarehouseResource
 
@@ -56,17 +64,15 @@ def build_training_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
         f"(window: {config.training.window}, test size {config.training.test_size}).",
     )
     def training_data(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.Output[TrainingData]:
-        batches = training_window(context, config.training.window, warehouse)
-        features = warehouse.warehouse.read_table(batches, "features")
-        split = split_train_test(features, config.data, config.training, context.partition_key)
-        training_set = TrainingData(split=split, batches=batches, data_hash=frame_hash(features))
+        training_set = prepare_training_data(context, config.data, config.training, warehouse)
+        split = training_set.split
         return dg.Output(
             training_set,
             metadata={
-                "dagster/row_count": len(features),
+                "dagster/row_count": len(split.train) + len(split.test),
                 "train_rows": len(split.train),
                 "test_rows": len(split.test),
-                "batches": ", ".join(batches),
+                "batches": ", ".join(training_set.batches),
                 "data_hash": training_set.data_hash,
                 "feature_columns": ", ".join(split.feature_columns),
             },
@@ -75,7 +81,17 @@ def build_training_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
     return [training_data, *(build_model_asset(config, name, spec) for name, spec in config.models.items())]
 
 
-def training_window(context: dg.AssetExecutionContext, window: str, warehouse: WarehouseResource) -> list[str]:
+def prepare_training_data(
+    context: dg.OpExecutionContext, data: DataConfig, training: TrainingConfig, warehouse: WarehouseResource
+) -> TrainingData:
+    """The batch's features (with earlier batches' under a cumulative window), split and hashed."""
+    batches = training_window(context, training.window, warehouse)
+    features = warehouse.warehouse.read_table(batches, "features")
+    split = split_train_test(features, data, training, context.partition_key)
+    return TrainingData(split=split, batches=batches, data_hash=frame_hash(features))
+
+
+def training_window(context: dg.OpExecutionContext, window: str, warehouse: WarehouseResource) -> list[str]:
     """The batches to train on: this one, or (cumulative) every earlier batch with features too."""
     if window == "batch":
         return [context.partition_key]
@@ -116,30 +132,17 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
         }
         fitted = fit_model(platform.data.task, spec.type, params, split, platform.training.random_state)
         metrics = score(platform.data.task, fitted.pipeline, split.x_test, split.y_test)
-        run_id, model_uri = mlflow.store.log_model_run(
+        run_id, model_uri = log_fitted_model(
+            mlflow.store,
+            context,
             run_name=f"{name}-{context.partition_key}",
-            params={
-                "model_type": spec.type,
-                **fitted.params,
-                "test_size": platform.training.test_size,
-                "window": platform.training.window,
-                "random_state": platform.training.random_state,
-                "train_rows": len(split.train),
-            },
-            metrics={**metrics, "fit_seconds": fitted.fit_seconds},
-            tags={
-                "dagster.run_id": context.run.run_id,
-                "dagster.asset_key": context.asset_key.to_user_string(),
-                "dagster.partition": context.partition_key,
-                "model_name": name,
-                "data_hash": training_data.data_hash,
-                "code_version": code_version(),
-                "config_hash": platform.config_hash(),
-                **{f"lib.{lib}": version for lib, version in library_versions().items()},
-            },
-            model=fitted.pipeline,
-            input_example=split.x_train.head(5),
-            artifacts={"config.json": platform.loggable()},
+            model_type=spec.type,
+            fitted=fitted,
+            metrics=metrics,
+            training_data=training_data,
+            training=platform.training,
+            config=platform,
+            tags={"model_name": name, "dagster.asset_key": context.asset_key.to_user_string()},
         )
         context.log.info(f"{name}: {metrics} (MLflow run {run_id})")
         return dg.Output(
@@ -154,3 +157,44 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
         )
 
     return model_asset
+
+
+def log_fitted_model(
+    store: MlflowStore,
+    context: dg.OpExecutionContext,
+    run_name: str,
+    model_type: str,
+    fitted: FittedModel,
+    metrics: dict[str, float],
+    training_data: TrainingData,
+    training: TrainingConfig,
+    config: PlatformConfig | ExperimentConfig,
+    tags: dict[str, str],
+) -> tuple[str, str]:
+    """One MLflow run for a fitted model of this Dagster run and batch, with its provenance: params,
+    held-out metrics, the data hash, code and library versions, the resolved config and its hash."""
+    split = training_data.split
+    return store.log_model_run(
+        run_name=run_name,
+        params={
+            "model_type": model_type,
+            **fitted.params,
+            "test_size": training.test_size,
+            "window": training.window,
+            "random_state": training.random_state,
+            "train_rows": len(split.train),
+        },
+        metrics={**metrics, "fit_seconds": fitted.fit_seconds},
+        tags={
+            "dagster.run_id": context.run.run_id,
+            "dagster.partition": context.partition_key,
+            "data_hash": training_data.data_hash,
+            "code_version": code_version(),
+            "config_hash": config.config_hash(),
+            **{f"lib.{lib}": version for lib, version in library_versions().items()},
+            **tags,
+        },
+        model=fitted.pipeline,
+        input_example=split.x_train.head(5),
+        artifacts={"config.json": config.loggable()},
+    )

@@ -1,4 +1,5 @@
-"""The `ml-platform` command: demo data, batches (partitions), runs of the pipeline, the champion.
+"""The `ml-platform` command: demo data, batches (partitions), pipeline runs, the champion.
+Experiments are in `cli/experiments.py`, registered models in `cli/models.py`.
 
 Heavy imports (Dagster, MLflow, scikit-learn) happen inside the commands that need them, so
 `ml-platform --help` answers at once.
@@ -10,46 +11,22 @@ import contextlib
 import io
 import os
 import sys
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ml_platform.lib.settings import PROJECT_ROOT, Settings
+from ml_platform.cli.common import console, dagster_instance, fail, load_platform_config
+from ml_platform.cli.experiments import experiment_app, experiments_app
+from ml_platform.cli.models import models_app
+from ml_platform.lib.settings import Settings
 
 app = typer.Typer(help="ml_platform: batches of data to evaluated, registered models.", no_args_is_help=True)
 batches_app = typer.Typer(help="Batches: the partitions of the pipeline.", no_args_is_help=True)
 app.add_typer(batches_app, name="batches")
-# Bound to the real stdout: `run` silences what dbt prints to sys.stdout, not this console.
-console = Console(file=sys.stdout)
-
-
-def fail(message: str) -> NoReturn:
-    """One clear line on stderr and a non-zero exit: what a script and a person both need."""
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
-
-
-def _load_config(settings: Settings):
-    from ml_platform.lib.config import ConfigError, load_config
-
-    try:
-        return load_config(settings.config_path)
-    except ConfigError as error:
-        fail(str(error))
-
-
-def _instance(settings: Settings):
-    """The project's Dagster instance; a new DAGSTER_HOME links to the project's dagster.yaml."""
-    import dagster as dg
-
-    home = settings.dagster_home
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").symlink_to(PROJECT_ROOT / "dagster.yaml")
-    os.environ["DAGSTER_HOME"] = str(home)
-    return dg.DagsterInstance.get()
+app.add_typer(experiment_app, name="experiment")
+app.add_typer(experiments_app, name="experiments")
+app.add_typer(models_app, name="models")
 
 
 @app.command("demo-data")
@@ -70,7 +47,7 @@ def demo_data(
     from ml_platform.lib.demo_data import write_demo_batches
 
     settings = Settings.from_env()
-    config = _load_config(settings)
+    config = load_platform_config(settings)
     file_format = file_format or config.data.file_format
     try:
         paths = write_demo_batches(settings.incoming_dir(config), batches, rows, seed, drift, file_format, first)
@@ -90,10 +67,10 @@ def batches_scan() -> None:
     from ml_platform.lib.batches import discover_batches
 
     settings = Settings.from_env()
-    config = _load_config(settings)
+    config = load_platform_config(settings)
     incoming = settings.incoming_dir(config)
     found = discover_batches(incoming, config.data.file_format)
-    instance = _instance(settings)
+    instance = dagster_instance(settings)
     known = set(instance.get_dynamic_partitions(batch_partitions.name))
     new = [batch_id for batch_id in found if batch_id not in known]
     instance.add_dynamic_partitions(batch_partitions.name, new)
@@ -110,7 +87,7 @@ def batches_add(batch_ids: Annotated[list[str], typer.Argument(help="Batch ids, 
     from ml_platform.lib.batches import InvalidBatchIdError, batch_file
 
     settings = Settings.from_env()
-    config = _load_config(settings)
+    config = load_platform_config(settings)
     incoming = settings.incoming_dir(config)
     for batch_id in batch_ids:
         try:
@@ -119,7 +96,7 @@ def batches_add(batch_ids: Annotated[list[str], typer.Argument(help="Batch ids, 
             fail(str(error))
         if not path.is_file():
             fail(f"no file for batch {batch_id!r}: expected {path}")
-    _instance(settings).add_dynamic_partitions(batch_partitions.name, batch_ids)
+    dagster_instance(settings).add_dynamic_partitions(batch_partitions.name, batch_ids)
     console.print(f"added partition(s): {', '.join(batch_ids)}")
 
 
@@ -133,7 +110,7 @@ def batches_list() -> None:
 
     from ml_platform.defs.partitions import batch_partitions
 
-    instance = _instance(Settings.from_env())
+    instance = dagster_instance(Settings.from_env())
     keys = instance.get_dynamic_partitions(batch_partitions.name)
     done = instance.get_materialized_partitions(dg.AssetKey("champion_model"))
     table = Table("batch", "through the pipeline")
@@ -153,10 +130,11 @@ def run(
     Example: ml-platform run batch_0001   |   ml-platform run --all
     """
     from ml_platform.defs.partitions import batch_partitions
+    from ml_platform.defs.runs import first_failure
 
     settings = Settings.from_env()
-    _load_config(settings)  # a bad config is one line here, not a traceback from the definitions
-    instance = _instance(settings)
+    load_platform_config(settings)  # a bad config is one line here, not a traceback from the definitions
+    instance = dagster_instance(settings)
     known = instance.get_dynamic_partitions(batch_partitions.name)
     targets = known if all_batches else list(batch_ids or [])
     if not targets:
@@ -186,19 +164,9 @@ def run(
             console.print(f"[green]ok[/] {batch_id} (run {result.run_id})")
         else:
             failed.append(batch_id)
-            console.print(f"[red]failed[/] {batch_id} (run {result.run_id}): {_first_failure(result)}")
+            console.print(f"[red]failed[/] {batch_id} (run {result.run_id}): {first_failure(result)}")
     if failed:
         fail(f"{len(failed)} of {len(targets)} batch run(s) failed: {', '.join(failed)}")
-
-
-def _first_failure(result) -> str:
-    for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data.error:
-            error = event.step_failure_data.error
-            while error.cause is not None:  # the asset's own exception, under Dagster's wrapper
-                error = error.cause
-            return f"step {event.step_key}: {error.message.strip()}"
-    return "see the run's logs in the Dagster UI"
 
 
 @app.command("champion")
@@ -210,7 +178,7 @@ def champion() -> None:
     from ml_platform.defs import build_resources
 
     settings = Settings.from_env()
-    config = _load_config(settings)
+    config = load_platform_config(settings)
     tracking = build_resources(config, settings)["mlflow"].process_config_and_initialize().store
     name = config.promotion.registered_model_name
     version = tracking.champion_version(name)

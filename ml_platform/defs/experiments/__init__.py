@@ -1,0 +1,1 @@
+"""Experiments: one configured model on one batch, as a Dagster job."""

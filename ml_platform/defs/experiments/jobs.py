@@ -1,0 +1,96 @@
+"""The `experiment` job: one experiment's model trained and scored on one batch's features.
+
+`ml-platform experiment run` (and `ExperimentManager.run_experiment`) launch it with the experiment's
+validated config as run config, so each experiment run is in the Dagster UI with its config, logs
+and batch, and can be launched again from the launchpad. It reads the features the batch pipeline
+built and writes only to the experiment's own MLflow experiment: the pipeline's assets, models and
+champion are left as they are.
+"""
+
+import dataclasses
+from typing import Any
+
+import dagster as dg
+from pydantic import Field, ValidationError
+
+from ml_platform.defs.partitions import batch_partitions
+from ml_platform.defs.training.assets import log_fitted_model, prepare_training_data
+from ml_platform.lib.config import ExperimentConfig, PlatformConfig, format_validation_error
+from ml_platform.lib.evaluation import score
+from ml_platform.lib.training import fit_model
+from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
+from ml_platform.resources.warehouse import WarehouseResource
+
+# The Dagster run tag that ties a run to its experiment (`ml-platform experiment status` reads it).
+EXPERIMENT_ID_TAG = "ml_platform/experiment_id"
+
+
+class ExperimentRunConfig(dg.Config):
+    experiment_id: str = Field(description="The experiment's id (its MLflow experiment id).")
+    experiment_name: str = Field(description="The MLflow experiment the run is logged to.")
+    config: dict[str, Any] = Field(description="The resolved experiment config (configs/experiment.yaml's schema).")
+
+
+def build_experiment_job(platform: PlatformConfig) -> dg.JobDefinition:
+    """The job, for the code location's data set: an experiment must describe the same data."""
+
+    @dg.op(tags={"kind": "sklearn"})
+    def train_experiment(
+        context: dg.OpExecutionContext,
+        config: ExperimentRunConfig,
+        warehouse: WarehouseResource,
+        mlflow: MlflowTrackingResource,
+    ) -> dict:
+        try:
+            experiment = ExperimentConfig.model_validate(config.config)
+        except ValidationError as error:
+            raise dg.Failure(f"experiment config: {format_validation_error(error)}") from None
+        if experiment.data.name != platform.data.name:
+            raise dg.Failure(
+                f"experiment data set {experiment.data.name!r} is not the pipeline's {platform.data.name!r}: "
+                "batches have features for the pipeline's data set only"
+            )
+        batch = context.partition_key
+        if not warehouse.warehouse.has_table(batch, "features"):
+            raise dg.Failure(
+                f"batch {batch} has no features yet: run the pipeline for it first (`ml-platform run {batch}`)"
+            )
+        training_data = prepare_training_data(context, experiment.data, experiment.training, warehouse)
+        split = training_data.split
+        spec = experiment.model
+        fitted = fit_model(experiment.data.task, spec.type, spec.params, split, experiment.training.random_state)
+        metrics = score(experiment.data.task, fitted.pipeline, split.x_test, split.y_test)
+        store = dataclasses.replace(mlflow.store, experiment_name=config.experiment_name)
+        run_id, model_uri = log_fitted_model(
+            store,
+            context,
+            run_name=f"{experiment.name}-{batch}",
+            model_type=spec.type,
+            fitted=fitted,
+            metrics=metrics,
+            training_data=training_data,
+            training=experiment.training,
+            config=experiment,
+            tags={"ml_platform.experiment_id": config.experiment_id, "batch": batch},
+        )
+        context.log.info(f"experiment {experiment.name} on {batch}: {metrics} (MLflow run {run_id})")
+        context.add_output_metadata(
+            {
+                **{metric: dg.MetadataValue.float(value) for metric, value in metrics.items()},
+                "mlflow_run": dg.MetadataValue.url(store.run_url(run_id)),
+                "model_uri": model_uri,
+                "config_hash": experiment.config_hash(),
+            }
+        )
+        return {"mlflow_run_id": run_id, "model_uri": model_uri, "metrics": metrics, "batch": batch}
+
+    @dg.job(
+        name="experiment",
+        partitions_def=batch_partitions,
+        description="Train one experiment's model on one batch's features and log it to the experiment's "
+        "MLflow experiment. Launched by `ml-platform experiment run ID --batch B`.",
+    )
+    def experiment_job():
+        train_experiment()
+
+    return experiment_job

@@ -1,0 +1,108 @@
+"""Model Registry aliases with their history: promote, roll back, and which version held an alias when.
+
+MLflow keeps only an alias's current holder. Every move made through the platform (the pipeline's
+champion decision, `ml-platform models promote/rollback`, `MLflowManager`) is also appended as an
+event to a tag of the registered model, so a rollback knows the champion before the current one and
+`history` answers "which version was champion on that day". Dagster-free; callers pass an
+`MlflowClient` and, for the SQLite store, hold the store's writer lock.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+HISTORY_TAG = "ml_platform.alias_history"
+# A registry tag holds up to 100,000 characters; the oldest events go first beyond this many.
+MAX_EVENTS = 500
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be carried out; the message says why."""
+
+
+@dataclass(frozen=True)
+class AliasEvent:
+    alias: str
+    version: str
+    action: str  # "promote" or "rollback"
+    previous: str | None  # the version that held the alias before, if any
+    at: str  # ISO 8601, UTC
+    reason: str = ""
+
+
+def alias_history(client, model_name: str, alias: str | None = None) -> list[AliasEvent]:
+    """Every recorded move of `alias` (or of every alias), oldest first."""
+    model = _registered_model(client, model_name)
+    events = [AliasEvent(**event) for event in json.loads(model.tags.get(HISTORY_TAG, "[]"))]
+    return [event for event in events if alias is None or event.alias == alias]
+
+
+def current_holder(client, model_name: str, alias: str) -> str | None:
+    """The version holding `alias`, or None."""
+    return _registered_model(client, model_name).aliases.get(alias)
+
+
+def set_alias(client, model_name: str, alias: str, version: str, reason: str = "", action: str = "promote"):
+    """Give `alias` to `version` and record the move. Returns the event."""
+    model = _registered_model(client, model_name)
+    _existing_version(client, model_name, version)
+    event = AliasEvent(
+        alias=alias,
+        version=str(version),
+        action=action,
+        previous=model.aliases.get(alias),
+        at=datetime.now(UTC).isoformat(timespec="seconds"),
+        reason=reason,
+    )
+    client.set_registered_model_alias(model_name, alias, str(version))
+    events = [*json.loads(model.tags.get(HISTORY_TAG, "[]")), asdict(event)][-MAX_EVENTS:]
+    client.set_registered_model_tag(model_name, HISTORY_TAG, json.dumps(events))
+    return event
+
+
+def rollback_target(events: list[AliasEvent]) -> str | None:
+    """The version a rollback returns to: replaying the history, a promotion stacks its version and a
+    rollback pops one, so rolling back twice goes two champions back, not back and forth."""
+    stack: list[str] = []
+    for event in events:
+        if event.action == "rollback":
+            if stack:
+                stack.pop()
+        elif not stack or stack[-1] != event.version:
+            stack.append(event.version)
+    return stack[-2] if len(stack) >= 2 else None
+
+
+def rollback(client, model_name: str, alias: str = "champion") -> AliasEvent:
+    """Return `alias` to the version that held it before the current holder."""
+    current = current_holder(client, model_name, alias)
+    if current is None:
+        raise RegistryError(f"{model_name!r} has no {alias!r} alias to roll back")
+    target = rollback_target(alias_history(client, model_name, alias))
+    if target is None:
+        raise RegistryError(f"{model_name!r}: no earlier holder of {alias!r} is recorded; nothing to roll back to")
+    return set_alias(client, model_name, alias, target, reason=f"rolled back from v{current}", action="rollback")
+
+
+def _registered_model(client, model_name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(model_name)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise RegistryError(f"no registered model named {model_name!r}") from None
+        raise
+
+
+def _existing_version(client, model_name: str, version: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(model_name, str(version))
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise RegistryError(f"{model_name!r} has no version {version!r}") from None
+        raise

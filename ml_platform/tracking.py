@@ -1,0 +1,325 @@
+"""The tracking API for people working from code: MLflow runs, comparisons and the Model Registry.
+
+    from ml_platform.tracking import ExperimentTracker, mlflow_run, compare_runs, get_best_run
+
+    with ExperimentTracker("churn-notebook", run_name="try-1") as run:
+        run.log_params({"C": 0.5})
+        run.log_metrics({"f1": 0.61})
+        run.log_model(pipeline)
+    best = get_best_run("churn-notebook", "f1", mode="max")
+
+Everything goes to the platform's MLflow store: `tracking_uri` when given, else MLFLOW_TRACKING_URI,
+else the embedded SQLite store under ML_PLATFORM_HOME (what the pipeline uses). Writes to SQLite
+take the store's writer lock, so a notebook and a running pipeline do not trip over each other.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import pandas as pd
+
+from ml_platform.lib.mlflow_store import MlflowStore, library_types_in
+from ml_platform.lib.registry import AliasEvent, alias_history, rollback, set_alias
+from ml_platform.lib.settings import Settings
+
+MODES = ("min", "max")
+
+
+class TrackingError(ValueError):
+    """A tracking request that cannot be answered (unknown experiment, no runs, bad argument)."""
+
+
+def store_for(experiment_name: str, tracking_uri: str | None = None) -> MlflowStore:
+    """The platform's MLflow store for one experiment, on the default tracking URI unless given."""
+    settings = Settings.from_env()
+    uri = tracking_uri or settings.tracking_uri
+    return MlflowStore(uri, experiment_name, settings.artifact_location(uri))
+
+
+# ---------------------------------------------------------------- runs
+
+
+class ExperimentTracker:
+    """One MLflow run as a context manager. The run is MLflow's active run inside the block, so
+    `mlflow.log_*` calls land in it too. An exception ends it FAILED and propagates."""
+
+    def __init__(
+        self,
+        experiment_name: str,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        tracking_uri: str | None = None,
+    ):
+        self.store = store_for(experiment_name, tracking_uri)
+        self.run_name = run_name
+        self.tags = dict(tags or {})
+        self.run_id: str | None = None
+
+    def __enter__(self) -> ExperimentTracker:
+        import mlflow
+
+        mlflow.set_tracking_uri(self.store.tracking_uri)
+        experiment_id = self.store.experiment_id()
+        with self.store.write_lock():
+            run = mlflow.start_run(
+                experiment_id=experiment_id,
+                run_name=self.run_name,
+                tags=self.tags,
+                nested=mlflow.active_run() is not None,
+            )
+        self.run_id = run.info.run_id
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        self.end_run("FAILED" if exc_type else "FINISHED")
+        return False
+
+    def _active_run_id(self) -> str:
+        if self.run_id is None:
+            raise TrackingError("the run is not started: use ExperimentTracker(...) in a `with` block")
+        return self.run_id
+
+    def log_param(self, key: str, value: Any) -> None:
+        self.log_params({key: value})
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        self._log_batch(params=[Param(key, str(value)) for key, value in params.items()])
+
+    def log_metric(self, key: str, value: float, step: int | None = None) -> None:
+        self.log_metrics({key: value}, step)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._log_batch(metrics=[Metric(key, float(value), now, step or 0) for key, value in metrics.items()])
+
+    def set_tag(self, key: str, value: Any) -> None:
+        self.set_tags({key: value})
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        self._log_batch(tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
+    def _log_batch(self, **entities: Iterable) -> None:
+        run_id = self._active_run_id()
+        with self.store.write_lock():
+            self.store.client().log_batch(run_id, **entities)
+
+    def log_model(self, model, artifact_path: str = "model", input_example=None) -> str:
+        """Log a scikit-learn model (skops format, with a signature when given an input example).
+        Returns its model URI."""
+        import mlflow.sklearn
+        from mlflow.models import infer_signature
+
+        self._active_run_id()
+        signature = None if input_example is None else infer_signature(input_example, model.predict(input_example))
+        trusted_types = library_types_in(model)
+        with self.store.write_lock():
+            info = mlflow.sklearn.log_model(
+                model,
+                name=artifact_path,
+                signature=signature,
+                input_example=input_example,
+                skops_trusted_types=trusted_types,
+            )
+        return info.model_uri
+
+    def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        run_id = self._active_run_id()
+        with self.store.write_lock():
+            self.store.client().log_artifact(run_id, str(local_path), artifact_path)
+
+    def end_run(self, status: str = "FINISHED") -> None:
+        """End the run (FINISHED, FAILED or KILLED); ending it twice is harmless."""
+        import mlflow
+
+        if self.run_id is None:
+            return
+        active = mlflow.active_run()
+        with self.store.write_lock():
+            if active is not None and active.info.run_id == self.run_id:
+                mlflow.end_run(status)
+            else:
+                self.store.client().set_terminated(self.run_id, status)
+        self.run_id = None
+
+
+def mlflow_run(
+    experiment_name: str | Callable | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    tracking_uri: str | None = None,
+):
+    """Run the decorated function inside an MLflow run (named after the function by default).
+
+    A parameter named `tracker` receives the `ExperimentTracker`. The experiment is
+    `experiment_name`, else MLFLOW_EXPERIMENT_NAME, else MLflow's "Default". Works bare too: `@mlflow_run`.
+    """
+    if callable(experiment_name):  # used as @mlflow_run without arguments
+        return mlflow_run()(experiment_name)
+
+    def decorate(function: Callable) -> Callable:
+        wants_tracker = "tracker" in inspect.signature(function).parameters
+
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            name = experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default"
+            with ExperimentTracker(name, run_name or function.__name__, tags, tracking_uri) as tracker:
+                if wants_tracker:
+                    kwargs.setdefault("tracker", tracker)
+                return function(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+# ---------------------------------------------------------------- queries
+
+
+def search_runs(
+    experiment_name: str, filter_string: str = "", max_results: int = 100, tracking_uri: str | None = None
+) -> pd.DataFrame:
+    """MLflow's run table for the experiment (run_id, status, times, params.*, metrics.*, tags.*),
+    newest first, filtered with MLflow's filter syntax (`metrics.f1 > 0.5`)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    store = store_for(experiment_name, tracking_uri)
+    experiment = store.client().get_experiment_by_name(experiment_name)
+    if experiment is None:
+        raise TrackingError(f"no MLflow experiment named {experiment_name!r}")
+    mlflow.set_tracking_uri(store.tracking_uri)
+    try:
+        return mlflow.search_runs(
+            experiment_ids=[experiment.experiment_id],
+            filter_string=filter_string,
+            max_results=max_results,
+            order_by=["attributes.start_time DESC"],
+        )
+    except MlflowException as error:
+        raise TrackingError(f"filter {filter_string!r}: {error.message}") from None
+
+
+def compare_runs(experiment_name: str, tracking_uri: str | None = None) -> pd.DataFrame:
+    """The experiment's runs side by side: one row per run (index run_id) with its name, status,
+    params and metrics, newest first."""
+    runs = search_runs(experiment_name, max_results=10_000, tracking_uri=tracking_uri)
+    if runs.empty:
+        return pd.DataFrame(columns=["run_name", "status"]).rename_axis("run_id")
+    runs = runs.rename(columns={"tags.mlflow.runName": "run_name"})
+    columns = ["run_name", "status", *sorted(c for c in runs if c.startswith(("params.", "metrics.")))]
+    return runs.set_index("run_id")[columns]
+
+
+def get_best_run(experiment_name: str, metric_name: str, mode: str = "min", tracking_uri: str | None = None) -> str:
+    """The id of the finished run with the lowest (`mode="min"`) or highest (`"max"`) `metric_name`."""
+    if mode not in MODES:
+        raise TrackingError(f"mode must be 'min' or 'max', not {mode!r}")
+    runs = search_runs(
+        experiment_name, filter_string="attributes.status = 'FINISHED'", max_results=50_000, tracking_uri=tracking_uri
+    )
+    column = f"metrics.{metric_name}"
+    if column not in runs or runs[column].isna().all():
+        raise TrackingError(f"no finished run of {experiment_name!r} has the metric {metric_name!r}")
+    scored = runs.dropna(subset=[column])
+    best = scored[column].idxmin() if mode == "min" else scored[column].idxmax()
+    return str(scored.loc[best, "run_id"])
+
+
+# ---------------------------------------------------------------- models and the registry
+
+
+class MLflowManager:
+    """Models in MLflow: log one with its metrics, load one, register it, and move aliases with history."""
+
+    def __init__(self, experiment_name: str = "Default", tracking_uri: str | None = None):
+        self.store = store_for(experiment_name, tracking_uri)
+
+    def log_experiment(
+        self,
+        model,
+        metrics: Mapping[str, float],
+        params: Mapping[str, Any] | None = None,
+        artifacts: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        run_name: str | None = None,
+        input_example=None,
+    ) -> str:
+        """One finished run holding the model, its metrics, params, tags and artifacts (a dict or list
+        is written as JSON under its name, a file path is copied into a folder of that name). Returns the run id."""
+        run_id, _ = self.store.log_model_run(
+            run_name=run_name,
+            params=dict(params or {}),
+            metrics=dict(metrics),
+            tags=dict(tags or {}),
+            model=model,
+            input_example=input_example,
+            artifacts=dict(artifacts or {}),
+        )
+        return run_id
+
+    def load_model(self, reference: str):
+        """A model by run id (its `model`), or by any MLflow model URI: `models:/name@champion`,
+        `models:/name/3`, `runs:/<run id>/model`."""
+        uri = reference if ":/" in reference else f"runs:/{reference}/model"
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.store.load_model(uri)
+        except (MlflowException, OSError) as error:
+            raise TrackingError(f"cannot load model {reference!r}: {str(error).splitlines()[0]}") from None
+
+    def register_model(self, run_id: str, name: str) -> str:
+        """Register the run's model as a new version of `name` (created if needed). Returns the version."""
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        with self.store.write_lock():
+            mlflow.set_registry_uri(self.store.tracking_uri)
+            mlflow.set_tracking_uri(self.store.tracking_uri)
+            try:
+                version = mlflow.register_model(f"runs:/{run_id}/model", name)
+            except MlflowException as error:
+                raise TrackingError(f"cannot register run {run_id!r} as {name!r}: {error.message}") from None
+        return str(version.version)
+
+    def promote(self, name: str, version: str, alias: str = "champion", reason: str = "promoted by hand") -> AliasEvent:
+        """Give `alias` to `version` of `name`; the move is recorded in the alias history."""
+        with self.store.write_lock():
+            return set_alias(self.store.client(), name, alias, str(version), reason=reason)
+
+    def rollback(self, name: str, alias: str = "champion") -> AliasEvent:
+        """Return `alias` to the version that held it before the current one."""
+        with self.store.write_lock():
+            return rollback(self.store.client(), name, alias)
+
+    def alias_history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
+        """Every recorded move of the alias (or of all aliases) of `name`, oldest first."""
+        return alias_history(self.store.client(), name, alias)
+
+    def list_models(self) -> pd.DataFrame:
+        """Registered models: name, latest version, aliases, last update."""
+        client = self.store.client()
+        rows = []
+        for model in client.search_registered_models(max_results=1000):
+            versions = [int(v.version) for v in client.search_model_versions(f"name = '{model.name}'")]
+            rows.append(
+                {
+                    "name": model.name,
+                    "latest_version": str(max(versions)) if versions else "",
+                    "aliases": ", ".join(f"{alias}=v{v}" for alias, v in sorted(model.aliases.items())),
+                    "updated": pd.Timestamp(model.last_updated_timestamp, unit="ms", tz="UTC"),
+                }
+            )
+        return pd.DataFrame(rows, columns=["name", "latest_version", "aliases", "updated"])
