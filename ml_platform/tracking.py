@@ -24,11 +24,14 @@ from typing import Any
 
 import pandas as pd
 
-from ml_platform.lib.mlflow_store import MlflowStore, library_types_in
+from ml_platform.lib.mlflow_store import MlflowStore, sklearn_model_args, tracking_uri_in_use
 from ml_platform.lib.registry import AliasEvent, alias_history, rollback, set_alias
 from ml_platform.lib.settings import Settings
 
 MODES = ("min", "max")
+# Where runs go when no experiment is named: one the platform creates, so its artifacts stay under
+# ML_PLATFORM_HOME (MLflow's own "Default" experiment keeps them in ./mlruns of wherever it was made).
+DEFAULT_EXPERIMENT = "ml_platform/scratch"
 
 
 class TrackingError(ValueError):
@@ -64,8 +67,9 @@ class ExperimentTracker:
     def __enter__(self) -> ExperimentTracker:
         import mlflow
 
-        mlflow.set_tracking_uri(self.store.tracking_uri)
         experiment_id = self.store.experiment_id()
+        self._uri_in_use = tracking_uri_in_use(self.store.tracking_uri)
+        self._uri_in_use.__enter__()
         with self.store.write_lock():
             run = mlflow.start_run(
                 experiment_id=experiment_id,
@@ -77,7 +81,10 @@ class ExperimentTracker:
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> bool:
-        self.end_run("FAILED" if exc_type else "FINISHED")
+        try:
+            self.end_run("FAILED" if exc_type else "FINISHED")
+        finally:
+            self._uri_in_use.__exit__(None, None, None)
         return False
 
     def _active_run_id(self) -> str:
@@ -116,23 +123,14 @@ class ExperimentTracker:
             self.store.client().log_batch(run_id, **entities)
 
     def log_model(self, model, artifact_path: str = "model", input_example=None) -> str:
-        """Log a scikit-learn model (skops format, with a signature when given an input example).
-        Returns its model URI."""
+        """Log a scikit-learn model as the pipeline does (skops format, pinned requirements, a signature
+        when given an input example). Returns its model URI."""
         import mlflow.sklearn
-        from mlflow.models import infer_signature
 
         self._active_run_id()
-        signature = None if input_example is None else infer_signature(input_example, model.predict(input_example))
-        trusted_types = library_types_in(model)
+        model_args = sklearn_model_args(model, input_example)
         with self.store.write_lock():
-            info = mlflow.sklearn.log_model(
-                model,
-                name=artifact_path,
-                signature=signature,
-                input_example=input_example,
-                skops_trusted_types=trusted_types,
-            )
-        return info.model_uri
+            return mlflow.sklearn.log_model(model, name=artifact_path, **model_args).model_uri
 
     def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
         run_id = self._active_run_id()
@@ -163,7 +161,7 @@ def mlflow_run(
     """Run the decorated function inside an MLflow run (named after the function by default).
 
     A parameter named `tracker` receives the `ExperimentTracker`. The experiment is
-    `experiment_name`, else MLFLOW_EXPERIMENT_NAME, else MLflow's "Default". Works bare too: `@mlflow_run`.
+    `experiment_name`, else MLFLOW_EXPERIMENT_NAME, else `ml_platform/scratch`. Works bare too: `@mlflow_run`.
     """
     if callable(experiment_name):  # used as @mlflow_run without arguments
         return mlflow_run()(experiment_name)
@@ -173,7 +171,7 @@ def mlflow_run(
 
         @functools.wraps(function)
         def wrapper(*args, **kwargs):
-            name = experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default"
+            name = experiment_name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
             with ExperimentTracker(name, run_name or function.__name__, tags, tracking_uri) as tracker:
                 if wants_tracker:
                     kwargs.setdefault("tracker", tracker)
@@ -199,14 +197,14 @@ def search_runs(
     experiment = store.client().get_experiment_by_name(experiment_name)
     if experiment is None:
         raise TrackingError(f"no MLflow experiment named {experiment_name!r}")
-    mlflow.set_tracking_uri(store.tracking_uri)
     try:
-        return mlflow.search_runs(
-            experiment_ids=[experiment.experiment_id],
-            filter_string=filter_string,
-            max_results=max_results,
-            order_by=["attributes.start_time DESC"],
-        )
+        with tracking_uri_in_use(store.tracking_uri):
+            return mlflow.search_runs(
+                experiment_ids=[experiment.experiment_id],
+                filter_string=filter_string,
+                max_results=max_results,
+                order_by=["attributes.start_time DESC"],
+            )
     except MlflowException as error:
         raise TrackingError(f"filter {filter_string!r}: {error.message}") from None
 
@@ -243,7 +241,7 @@ def get_best_run(experiment_name: str, metric_name: str, mode: str = "min", trac
 class MLflowManager:
     """Models in MLflow: log one with its metrics, load one, register it, and move aliases with history."""
 
-    def __init__(self, experiment_name: str = "Default", tracking_uri: str | None = None):
+    def __init__(self, experiment_name: str = DEFAULT_EXPERIMENT, tracking_uri: str | None = None):
         self.store = store_for(experiment_name, tracking_uri)
 
     def log_experiment(
@@ -285,9 +283,8 @@ class MLflowManager:
         import mlflow
         from mlflow.exceptions import MlflowException
 
-        with self.store.write_lock():
+        with self.store.write_lock(), tracking_uri_in_use(self.store.tracking_uri):
             mlflow.set_registry_uri(self.store.tracking_uri)
-            mlflow.set_tracking_uri(self.store.tracking_uri)
             try:
                 version = mlflow.register_model(f"runs:/{run_id}/model", name)
             except MlflowException as error:

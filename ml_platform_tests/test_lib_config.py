@@ -15,9 +15,10 @@ from ml_platform.lib.config import (
     canonical_param_names,
     compose_config,
     load_config,
+    load_experiment_config,
     validate_model_params,
 )
-from ml_platform.lib.settings import DEFAULT_CONFIG_PATH
+from ml_platform.lib.settings import DEFAULT_CONFIG_PATH, DEFAULT_EXPERIMENT_CONFIG_PATH
 
 
 def default_raw() -> dict:
@@ -241,3 +242,72 @@ def test_alias_and_field_names_merge_as_one_param():
     override = canonical_param_names("gradient_boosting", {"max_iter": 50})
     assert validate_model_params("gradient_boosting", {**from_file, **override})["max_iter"] == 50
     assert canonical_param_names("random_forest", {"n_estimators": 5}) == {"n_estimators": 5}
+
+
+# ---------------------------------------------------------------- composition (Hydra) and experiments
+
+
+def test_the_platform_config_composes_its_models_from_the_model_group():
+    config = load_config(DEFAULT_CONFIG_PATH)
+    group_file = yaml.safe_load((DEFAULT_CONFIG_PATH.parent / "model" / "gradient_boosting.yaml").read_text())
+
+    assert config.models["gradient_boosting"].model_dump() == group_file
+
+
+def test_overrides_apply_to_the_platform_config():
+    config = load_config(DEFAULT_CONFIG_PATH, ["models.random_forest.params.n_estimators=7", "seed=3"])
+
+    assert config.models["random_forest"].params["n_estimators"] == 7
+    assert config.training.random_state == 3  # ${seed} resolves after the override
+
+
+def test_experiment_config_takes_defaults_then_overrides():
+    config = load_experiment_config(
+        DEFAULT_EXPERIMENT_CONFIG_PATH,
+        ["model=gradient_boosting", "model.params.n_estimators=200", "training.test_size=0.25"],
+    )
+
+    assert config.model.type == "gradient_boosting"
+    assert config.model.params == {"n_estimators": 200, "learning_rate": 0.1}
+    assert config.training.test_size == 0.25
+    assert config.training.random_state == config.seed == 42
+    assert config.data == load_config(DEFAULT_CONFIG_PATH).data  # the same data group as the pipeline
+
+
+def test_experiment_hash_ignores_name_and_description_but_not_settings():
+    base = load_experiment_config(DEFAULT_EXPERIMENT_CONFIG_PATH, ["name=a"])
+    renamed = load_experiment_config(DEFAULT_EXPERIMENT_CONFIG_PATH, ["name=b", "description=another try"])
+    changed = load_experiment_config(DEFAULT_EXPERIMENT_CONFIG_PATH, ["name=a", "training.test_size=0.3"])
+
+    assert base.config_hash() == renamed.config_hash() != changed.config_hash()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model=xgboost"], "model=xgboost: unknown model 'xgboost'; allowed: gradient_boosting, logistic_regression"),
+        (["model.params.n_estimators=-1"], "model: params of random_forest: n_estimators: Input should be greater"),
+        (["model.params.n_estimators=ten"], "n_estimators: Input should be a valid integer"),
+        (["model.params.depth=4"], "Could not override 'model.params.depth': Key 'depth' is not in struct"),
+        (["+model.params.depth=4"], "depth: Extra inputs are not permitted"),
+        (["training=weekly"], "training=weekly: unknown training 'weekly'; allowed: default"),
+        (["model=ridge"], "model: type 'ridge' does not fit task 'classification'"),
+        (["name=../escape"], "name: String should match pattern"),
+        (["training.test_size"], "Error parsing override 'training.test_size'"),
+    ],
+)
+def test_bad_experiment_overrides_are_one_line_naming_the_key(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        load_experiment_config(DEFAULT_EXPERIMENT_CONFIG_PATH, overrides)
+
+    assert message in str(error.value)
+    assert str(DEFAULT_EXPERIMENT_CONFIG_PATH) in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_a_config_that_is_not_yaml_is_refused(tmp_path):
+    path = tmp_path / "experiment.json"
+    path.write_text("{}")
+
+    with pytest.raises(ConfigError, match="expected a .yaml file"):
+        load_experiment_config(path)

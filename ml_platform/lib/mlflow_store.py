@@ -11,6 +11,7 @@ with "database is locked". With a tracking server (an http URI) no lock is taken
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,31 +92,23 @@ class MlflowStore:
         signature when an input example is given) and artifacts: a dict or list is written as JSON,
         a path is copied. Returns (run_id, model_uri)."""
         import mlflow.sklearn
-        from mlflow.models import infer_signature
 
         experiment_id = self.experiment_id()
-        signature = None if input_example is None else infer_signature(input_example, model.predict(input_example))
-        # Serialising the model to find its types is slow: done before taking the writer lock.
-        trusted_types = library_types_in(model)
-        with self.write_lock():
-            mlflow.set_tracking_uri(self.tracking_uri)
-            with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
-                mlflow.log_params({key: _param_value(value) for key, value in params.items()})
-                mlflow.log_metrics(metrics)
-                for name, content in (artifacts or {}).items():
-                    if isinstance(content, dict | list):
-                        mlflow.log_dict(content, name)
-                    else:
-                        mlflow.log_artifact(str(content), artifact_path=name)
-                info = mlflow.sklearn.log_model(
-                    model,
-                    name="model",
-                    signature=signature,
-                    input_example=input_example,
-                    # Pinned from what runs now: inferring requirements costs seconds per model.
-                    pip_requirements=_pip_requirements(),
-                    skops_trusted_types=trusted_types,
-                )
+        # Slow (it serialises the model): done before taking the writer lock.
+        model_args = sklearn_model_args(model, input_example)
+        with (
+            self.write_lock(),
+            tracking_uri_in_use(self.tracking_uri),
+            mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run,
+        ):
+            mlflow.log_params({key: _param_value(value) for key, value in params.items()})
+            mlflow.log_metrics(metrics)
+            for name, content in (artifacts or {}).items():
+                if isinstance(content, dict | list):
+                    mlflow.log_dict(content, name)
+                else:
+                    mlflow.log_artifact(str(content), artifact_path=name)
+            info = mlflow.sklearn.log_model(model, name="model", **model_args)
         return run.info.run_id, info.model_uri
 
     def run_url(self, run_id: str) -> str:
@@ -144,9 +137,9 @@ class MlflowStore:
     def load_model(self, model_uri: str):
         import mlflow.sklearn
 
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.tracking_uri)
-        return mlflow.sklearn.load_model(model_uri)
+        with tracking_uri_in_use(self.tracking_uri):
+            mlflow.set_registry_uri(self.tracking_uri)
+            return mlflow.sklearn.load_model(model_uri)
 
     def register(self, model_name: str, model_uri: str, run_id: str, alias: str, tags: dict[str, str]) -> str:
         """Register `model_uri` as a new version of `model_name` and give it `alias`. Returns the version."""
@@ -163,6 +156,37 @@ class MlflowStore:
             version = client.create_model_version(model_name, source=model_uri, run_id=run_id, tags=tags)
             set_alias(client, model_name, alias, str(version.version), reason=tags.get("promotion_reason", ""))
         return str(version.version)
+
+
+@contextlib.contextmanager
+def tracking_uri_in_use(tracking_uri: str) -> Iterator[None]:
+    """MLflow's fluent API pointed at `tracking_uri` for the block, then put back. MLflow's
+    `set_tracking_uri` also writes MLFLOW_TRACKING_URI into this process's environment, which would
+    make one call's store the default of every later call."""
+    import mlflow
+
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)  # back to "from the environment"
+        if saved is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+def sklearn_model_args(model, input_example=None) -> dict[str, Any]:
+    """What `mlflow.sklearn.log_model` needs besides the model: the signature (from the input example),
+    requirements pinned from what runs now (inferring them costs seconds per model), and the
+    library types its skops file may load."""
+    from mlflow.models import infer_signature
+
+    return {
+        "signature": None if input_example is None else infer_signature(input_example, model.predict(input_example)),
+        "input_example": input_example,
+        "pip_requirements": _pip_requirements(),
+        "skops_trusted_types": library_types_in(model),
+    }
 
 
 def _param_value(value: Any) -> str:

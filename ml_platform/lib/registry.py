@@ -41,18 +41,20 @@ def alias_history(client, model_name: str, alias: str | None = None) -> list[Ali
 
 def current_holder(client, model_name: str, alias: str) -> str | None:
     """The version holding `alias`, or None."""
-    return _registered_model(client, model_name).aliases.get(alias)
+    holder = _registered_model(client, model_name).aliases.get(alias)
+    return None if holder is None else str(holder)  # the SQL store gives ints, a server strings
 
 
 def set_alias(client, model_name: str, alias: str, version: str, reason: str = "", action: str = "promote"):
     """Give `alias` to `version` and record the move. Returns the event."""
     model = _registered_model(client, model_name)
     _existing_version(client, model_name, version)
+    previous = model.aliases.get(alias)
     event = AliasEvent(
         alias=alias,
         version=str(version),
         action=action,
-        previous=model.aliases.get(alias),
+        previous=None if previous is None else str(previous),
         at=datetime.now(UTC).isoformat(timespec="seconds"),
         reason=reason,
     )
