@@ -145,7 +145,8 @@ class MlflowStore:
         """Register `model_uri` as a new version of `model_name` and give it `alias`. Returns the version."""
         from mlflow.exceptions import MlflowException
 
-        with self.write_lock():
+        # MLflow resolves a `models:/<id>` source through the fluent API's tracking URI.
+        with self.write_lock(), tracking_uri_in_use(self.tracking_uri):
             client = self.client()
             try:
                 client.get_registered_model(model_name)
