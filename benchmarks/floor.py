@@ -32,7 +32,7 @@ from ml_platform.lib.batches import batch_file
 from ml_platform.lib.config import PlatformConfig, canonical_param_names, load_config
 from ml_platform.lib.evaluation import decide_promotion, pick_winner, score
 from ml_platform.lib.ingestion import ingest_batch
-from ml_platform.lib.provenance import code_version, frame_hash, library_versions
+from ml_platform.lib.provenance import frame_hash
 from ml_platform.lib.settings import Settings
 from ml_platform.lib.training import fit_model, split_train_test
 
@@ -126,31 +126,22 @@ def main(argv: list[str] | None = None) -> int:
         scores[name], fit_seconds[name] = metrics, fitted.fit_seconds
         lap(f"{name}_fit_score")
         if store:
-            logged[name] = store.log_model_run(
+            logged[name] = store.log_fitted_model(
                 run_name=f"{name}-{batch_id}",
-                params={
-                    "model_type": spec.type,
-                    **fitted.params,
-                    "test_size": training.test_size,
-                    "window": training.window,
-                    "random_state": training.random_state,
-                    "train_rows": len(split.train),
-                },
-                metrics={**metrics, "fit_seconds": fitted.fit_seconds},
+                model_type=spec.type,
+                fitted=fitted,
+                metrics=metrics,
+                split=split,
+                training=training,
+                data_hash=data_hash,
+                config=config,
                 tags={
                     "dagster.run_id": fake_run_id,
                     "dagster.asset_key": f"{name}_model",
                     "dagster.partition": batch_id,
                     "model_name": name,
-                    "data_hash": data_hash,
-                    "code_version": code_version(),
-                    "config_hash": config.config_hash(),
-                    **{f"lib.{lib}": version for lib, version in library_versions().items()},
                     "benchmark": "floor",
                 },
-                model=fitted.pipeline,
-                input_example=split.x_train.head(5),
-                artifacts={"config.json": config.loggable()},
             )
             store.run_url(logged[name][0])
             lap(f"{name}_mlflow")

@@ -1,4 +1,8 @@
-"""`ml-platform experiment ...` and `ml-platform experiments list`: create, run, compare, rank."""
+"""`ml-platform experiment ...` and `ml-platform experiments list`: create, run, compare, rank.
+
+Anything slower than a moment shows a spinner; rich draws it on a terminal only, so pipes and
+`--json` get clean output.
+"""
 
 from __future__ import annotations
 
@@ -122,7 +126,7 @@ def status(
 
     Example: ml-platform experiment status 2
     """
-    with _errors_as_one_line():
+    with _errors_as_one_line(), console.status("reading the experiment's runs ..."):
         report = _manager().status(experiment_id)
     if as_json:
         print_json(report)
@@ -161,7 +165,7 @@ def compare(
 
     Example: ml-platform experiment compare 2 3 --plot compare.png
     """
-    with _errors_as_one_line():
+    with _errors_as_one_line(), console.status("comparing ..."):
         table = _manager().compare_experiments(experiment_ids)
     if plot is not None:
         from ml_platform.lib.plots import plot_metrics_side_by_side
@@ -171,7 +175,7 @@ def compare(
         print_json(table.to_dict(orient="records"))
         return
     labels = [f"{row.experiment_id}:{row.experiment}@{row.batch}" for row in table.itertuples()]
-    fields = [column for column in table.columns if column.startswith(("params.", "metrics."))]
+    fields = [column for prefix in ("params.", "metrics.") for column in sorted(table) if column.startswith(prefix)]
     print_table(
         "experiments side by side",
         ["", *labels],
@@ -191,7 +195,7 @@ def best(
 
     Example: ml-platform experiment best --metric f1 --mode max
     """
-    with _errors_as_one_line():
+    with _errors_as_one_line(), console.status("ranking every experiment's runs ..."):
         best_run = _manager().best_run(metric, mode)
     if as_json:
         print_json(best_run.to_dict())
@@ -209,7 +213,7 @@ def list_experiments(as_json: Annotated[bool, typer.Option("--json", help=JSON_H
 
     Example: ml-platform experiments list
     """
-    with _errors_as_one_line():
+    with _errors_as_one_line(), console.status("listing experiments ..."):
         manager = _manager()
         experiments = manager.list_experiments()
         runs = manager.runs([e.experiment_id for e in experiments]) if experiments else None

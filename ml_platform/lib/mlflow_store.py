@@ -111,6 +111,46 @@ class MlflowStore:
             info = mlflow.sklearn.log_model(model, name="model", **model_args)
         return run.info.run_id, info.model_uri
 
+    def log_fitted_model(
+        self,
+        run_name: str,
+        model_type: str,
+        fitted,
+        metrics: dict[str, float],
+        split,
+        training,
+        data_hash: str,
+        config,
+        tags: dict[str, str],
+    ) -> tuple[str, str]:
+        """One run for a model fitted on `split` (`lib.training`), with its provenance: params, held-out
+        metrics, the data hash, code and library versions, the resolved config and its hash.
+        `config` is a PlatformConfig or ExperimentConfig, `training` its TrainingConfig."""
+        from ml_platform.lib.provenance import code_version, library_versions
+
+        return self.log_model_run(
+            run_name=run_name,
+            params={
+                "model_type": model_type,
+                **fitted.params,
+                "test_size": training.test_size,
+                "window": training.window,
+                "random_state": training.random_state,
+                "train_rows": len(split.train),
+            },
+            metrics={**metrics, "fit_seconds": fitted.fit_seconds},
+            tags={
+                "data_hash": data_hash,
+                "code_version": code_version(),
+                "config_hash": config.config_hash(),
+                **{f"lib.{lib}": version for lib, version in library_versions().items()},
+                **tags,
+            },
+            model=fitted.pipeline,
+            input_example=split.x_train.head(5),
+            artifacts={"config.json": config.loggable()},
+        )
+
     def run_url(self, run_id: str) -> str:
         """The run's page in MLflow's UI: the tracking server's own, or `ui_url` for a local store."""
         server = self.tracking_uri if self.tracking_uri.startswith(("http://", "https://")) else self.ui_url

@@ -14,7 +14,7 @@ import dagster as dg
 from pydantic import Field, ValidationError
 
 from ml_platform.defs.partitions import batch_partitions
-from ml_platform.defs.training.assets import log_fitted_model, prepare_training_data
+from ml_platform.defs.training.assets import prepare_training_data, run_tags
 from ml_platform.lib.config import ExperimentConfig, PlatformConfig, format_validation_error
 from ml_platform.lib.evaluation import score
 from ml_platform.lib.training import fit_model
@@ -61,17 +61,16 @@ def build_experiment_job(platform: PlatformConfig) -> dg.JobDefinition:
         fitted = fit_model(experiment.data.task, spec.type, spec.params, split, experiment.training.random_state)
         metrics = score(experiment.data.task, fitted.pipeline, split.x_test, split.y_test)
         store = dataclasses.replace(mlflow.store, experiment_name=config.experiment_name)
-        run_id, model_uri = log_fitted_model(
-            store,
-            context,
+        run_id, model_uri = store.log_fitted_model(
             run_name=f"{experiment.name}-{batch}",
             model_type=spec.type,
             fitted=fitted,
             metrics=metrics,
-            training_data=training_data,
+            split=split,
             training=experiment.training,
+            data_hash=training_data.data_hash,
             config=experiment,
-            tags={"ml_platform.experiment_id": config.experiment_id, "batch": batch},
+            tags={**run_tags(context), "ml_platform.experiment_id": config.experiment_id, "batch": batch},
         )
         context.log.info(f"experiment {experiment.name} on {batch}: {metrics} (MLflow run {run_id})")
         context.add_output_metadata(

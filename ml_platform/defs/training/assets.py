@@ -9,16 +9,14 @@ from ml_platform.defs.partitions import batch_partitions
 from ml_platform.lib.batches import batches_up_to
 from ml_platform.lib.config import (
     DataConfig,
-    ExperimentConfig,
     ModelSpec,
     PlatformConfig,
     TrainingConfig,
     canonical_param_names,
 )
 from ml_platform.lib.evaluation import score
-from ml_platform.lib.mlflow_store import MlflowStore
-from ml_platform.lib.provenance import code_version, frame_hash, library_versions
-from ml_platform.lib.training import FittedModel, TrainTestSplit, fit_model, split_train_test
+from ml_platform.lib.provenance import frame_hash
+from ml_platform.lib.training import TrainTestSplit, fit_model, split_train_test
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
 from ml_platform.resources.warehouse import WarehouseResource
 
@@ -132,17 +130,16 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
         }
         fitted = fit_model(platform.data.task, spec.type, params, split, platform.training.random_state)
         metrics = score(platform.data.task, fitted.pipeline, split.x_test, split.y_test)
-        run_id, model_uri = log_fitted_model(
-            mlflow.store,
-            context,
+        run_id, model_uri = mlflow.store.log_fitted_model(
             run_name=f"{name}-{context.partition_key}",
             model_type=spec.type,
             fitted=fitted,
             metrics=metrics,
-            training_data=training_data,
+            split=split,
             training=platform.training,
+            data_hash=training_data.data_hash,
             config=platform,
-            tags={"model_name": name, "dagster.asset_key": context.asset_key.to_user_string()},
+            tags={**run_tags(context), "model_name": name, "dagster.asset_key": context.asset_key.to_user_string()},
         )
         context.log.info(f"{name}: {metrics} (MLflow run {run_id})")
         return dg.Output(
@@ -159,42 +156,6 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
     return model_asset
 
 
-def log_fitted_model(
-    store: MlflowStore,
-    context: dg.OpExecutionContext,
-    run_name: str,
-    model_type: str,
-    fitted: FittedModel,
-    metrics: dict[str, float],
-    training_data: TrainingData,
-    training: TrainingConfig,
-    config: PlatformConfig | ExperimentConfig,
-    tags: dict[str, str],
-) -> tuple[str, str]:
-    """One MLflow run for a fitted model of this Dagster run and batch, with its provenance: params,
-    held-out metrics, the data hash, code and library versions, the resolved config and its hash."""
-    split = training_data.split
-    return store.log_model_run(
-        run_name=run_name,
-        params={
-            "model_type": model_type,
-            **fitted.params,
-            "test_size": training.test_size,
-            "window": training.window,
-            "random_state": training.random_state,
-            "train_rows": len(split.train),
-        },
-        metrics={**metrics, "fit_seconds": fitted.fit_seconds},
-        tags={
-            "dagster.run_id": context.run.run_id,
-            "dagster.partition": context.partition_key,
-            "data_hash": training_data.data_hash,
-            "code_version": code_version(),
-            "config_hash": config.config_hash(),
-            **{f"lib.{lib}": version for lib, version in library_versions().items()},
-            **tags,
-        },
-        model=fitted.pipeline,
-        input_example=split.x_train.head(5),
-        artifacts={"config.json": config.loggable()},
-    )
+def run_tags(context: dg.OpExecutionContext) -> dict[str, str]:
+    """The tags that tie an MLflow run to its Dagster run and batch."""
+    return {"dagster.run_id": context.run.run_id, "dagster.partition": context.partition_key}
