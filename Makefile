@@ -44,7 +44,7 @@ test: prepare
 	$(RUN) ruff check ml_platform ml_platform_tests benchmarks
 	$(RUN) pytest
 
-# The performance benchmark (benchmarks/run.py): about an hour on 2 cores; writes benchmarks/RESULTS.md.
+# The performance benchmark (benchmarks/run.py): one to two hours on 2 cores; writes benchmarks/RESULTS.md.
 # A quick look: make bench BENCH_ARGS="--sizes 10000 --repeats 1 --backfill 0 --output /tmp/bench.md"
 BENCH_ARGS ?=
 bench: prepare
