@@ -103,13 +103,16 @@ def test_one_mlflow_run_per_model_per_batch_with_provenance(three_runs):
     assert len(logged) == 1
     from mlflow.models import get_model_info
 
+    from ml_platform.lib.mlflow_store import tracking_uri_in_use
+
     event = next(
         e
         for e in results["batch_0001"].get_asset_materialization_events()
         if e.asset_key == dg.AssetKey("random_forest_model")
     )
     assert event.materialization.metadata["mlflow_run"].value.endswith(f"/runs/{run.info.run_id}")
-    info = get_model_info(logged[0].model_uri)
+    with tracking_uri_in_use(platform.mlflow().tracking_uri):  # get_model_info reads the fluent API's store
+        info = get_model_info(logged[0].model_uri)
     assert info.signature is not None and "tenure_months" in info.signature.inputs.input_names()
 
 
