@@ -19,6 +19,7 @@ import pandas as pd
 from ml_platform.lib.config import METRIC_DIRECTIONS, ConfigError, ExperimentConfig, PlatformConfig, load_config
 from ml_platform.lib.mlflow_store import MlflowStore
 from ml_platform.lib.settings import Settings
+from ml_platform.tracking import best_row
 
 KIND_TAG = "ml_platform.kind"
 CONFIG_TAG = "ml_platform.config"
@@ -242,13 +243,10 @@ class ExperimentManager:
         experiments = self.list_experiments()
         if not experiments:
             raise ExperimentError("no experiments yet: create one with `ml-platform experiment create`")
-        table = self.runs([e.experiment_id for e in experiments])
-        column = f"metrics.{metric}"
-        if table.empty or column not in table or table[column].isna().all():
+        best = best_row(self.runs([e.experiment_id for e in experiments]), metric, mode)
+        if best is None:
             raise ExperimentError(f"no finished experiment run has the metric {metric!r} yet")
-        scored = table.dropna(subset=[column])
-        best = scored[column].idxmax() if mode == "max" else scored[column].idxmin()
-        return scored.loc[best].dropna()
+        return best.dropna()
 
     def get_best_model(self, metric: str, mode: str | None = None):
         """The fitted scikit-learn pipeline of the best run (see `best_run`)."""

@@ -227,12 +227,19 @@ def get_best_run(experiment_name: str, metric_name: str, mode: str = "min", trac
     runs = search_runs(
         experiment_name, filter_string="attributes.status = 'FINISHED'", max_results=50_000, tracking_uri=tracking_uri
     )
+    best = best_row(runs, metric_name, mode)
+    if best is None:
+        raise TrackingError(f"no finished run of {experiment_name!r} has the metric {metric_name!r}")
+    return str(best["run_id"])
+
+
+def best_row(runs: pd.DataFrame, metric_name: str, mode: str) -> pd.Series | None:
+    """The row of a run table (`metrics.*` columns) with the lowest (`mode="min"`) or highest
+    `metric_name`, or None when no run has that metric. Runs without it are skipped."""
     column = f"metrics.{metric_name}"
     if column not in runs or runs[column].isna().all():
-        raise TrackingError(f"no finished run of {experiment_name!r} has the metric {metric_name!r}")
-    scored = runs.dropna(subset=[column])
-    best = scored[column].idxmin() if mode == "min" else scored[column].idxmax()
-    return str(scored.loc[best, "run_id"])
+        return None
+    return runs.loc[runs[column].idxmin() if mode == "min" else runs[column].idxmax()]
 
 
 # ---------------------------------------------------------------- models and the registry
