@@ -186,6 +186,91 @@ class TrackingConfig(StrictModel):
     artifact_location: str | None = None
 
 
+# ---------------------------------------------------------------- automation, notifications, monitoring
+
+
+class NewBatchSensorConfig(StrictModel):
+    """The sensor that turns a file landing in the incoming folder into a partition and a run."""
+
+    enabled: bool = True
+    minimum_interval_seconds: PositiveInt = 10
+    # New partitions (and runs) per tick at most; the rest wait for the next tick.
+    max_batches: PositiveInt = 10
+    # A file modified more recently than this may still be being written: it waits a tick.
+    settle_seconds: Annotated[float, Field(ge=0)] = 2.0
+    job: Literal["batch_pipeline", "batch_pipeline_parallel"] = "batch_pipeline"
+
+
+class ScheduleSpec(StrictModel):
+    cron: str
+    enabled: bool = True
+    timezone: str = "UTC"
+
+
+class SchedulesConfig(StrictModel):
+    """The platform's own cron schedules; `ml-platform schedules add` adds more (see TaskScheduler)."""
+
+    # Retrain what is stale or missing for the latest batch (a changed model config, a failed run).
+    retraining: ScheduleSpec = Field(default_factory=lambda: ScheduleSpec(cron="0 3 * * *"))
+    # Score the champion on every batch that came after it was trained.
+    backtest: ScheduleSpec = Field(default_factory=lambda: ScheduleSpec(cron="0 4 * * *"))
+    # Run the whole pipeline for every batch that is stale or was never run.
+    pipeline: ScheduleSpec = Field(default_factory=lambda: ScheduleSpec(cron="0 2 * * *"))
+
+
+class AutomationConfig(StrictModel):
+    new_batch_sensor: NewBatchSensorConfig = Field(default_factory=NewBatchSensorConfig)
+    schedules: SchedulesConfig = Field(default_factory=SchedulesConfig)
+    # Schedules added with `ml-platform schedules add`, relative to ML_PLATFORM_HOME.
+    schedules_file: str = "schedules.yaml"
+
+
+class EmailChannelConfig(StrictModel):
+    smtp_host: str
+    smtp_port: PositiveInt = 25
+    sender: str
+    recipients: list[str] = Field(min_length=1)
+    starttls: bool = False
+    # Names of environment variables, never the secrets themselves.
+    username_env: str | None = None
+    password_env: str | None = None
+
+
+class NotificationChannelsConfig(StrictModel):
+    """Where notifications go besides the log (always on). URLs with tokens come from the environment."""
+
+    slack_webhook_url_env: str | None = None
+    webhook_url: str | None = None
+    webhook_url_env: str | None = None
+    email: EmailChannelConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_webhook_source(self) -> NotificationChannelsConfig:
+        if self.webhook_url and self.webhook_url_env:
+            raise ValueError("give webhook_url or webhook_url_env, not both")
+        return self
+
+
+class QualityAlertConfig(StrictModel):
+    """When a trained winner notifies: below an absolute floor, or worse than the champion by a margin."""
+
+    min_primary_metric: float | None = None
+    max_drop_vs_champion: Annotated[float, Field(ge=0)] | None = None
+
+
+class NotificationsConfig(StrictModel):
+    channels: NotificationChannelsConfig = Field(default_factory=NotificationChannelsConfig)
+    quality: QualityAlertConfig = Field(default_factory=QualityAlertConfig)
+    # Links in messages point here (the Dagster UI).
+    dagster_ui_url: str = "http://127.0.0.1:3000"
+    timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+
+
+class MonitoringConfig(StrictModel):
+    # `module:Class` of MonitoringHook subclasses, called on every run's start, success and failure.
+    hooks: list[Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]] = Field(default_factory=list)
+
+
 CLASSIFICATION_METRICS = {"f1": "max", "roc_auc": "max", "precision": "max", "recall": "max", "accuracy": "max"}
 REGRESSION_METRICS = {"rmse": "min", "mae": "min", "r2": "max"}
 METRIC_DIRECTIONS = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
@@ -199,6 +284,9 @@ class PlatformConfig(StrictModel):
     models: dict[str, ModelSpec]
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    automation: AutomationConfig = Field(default_factory=AutomationConfig)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     @model_validator(mode="after")
     def _models_fit_the_task(self) -> PlatformConfig:
@@ -232,9 +320,11 @@ class PlatformConfig(StrictModel):
         return METRIC_DIRECTIONS[self.data.task][self.promotion.primary_metric]
 
     def loggable(self) -> dict[str, Any]:
-        """The resolved config as recorded with every model, without the tracking URI (where runs
-        are stored changes no model, and a server URI may carry credentials)."""
-        return self.model_dump(mode="json", exclude={"tracking": {"tracking_uri"}})
+        """The resolved config as recorded with every model, without what changes no model: the
+        tracking URI (a server URI may carry credentials), automation, notifications, monitoring."""
+        return self.model_dump(
+            mode="json", exclude={"tracking": {"tracking_uri"}, "automation": True, "notifications": True, "monitoring": True}
+        )
 
     def config_hash(self) -> str:
         """A short, stable fingerprint of the resolved config, recorded with every model."""
