@@ -323,16 +323,28 @@ class PlatformConfig(StrictModel):
         """The resolved config as recorded with every model, without what changes no model: the
         tracking URI (a server URI may carry credentials), automation, notifications, monitoring."""
         return self.model_dump(
-            mode="json", exclude={"tracking": {"tracking_uri"}, "automation": True, "notifications": True, "monitoring": True}
+            mode="json",
+            exclude={"tracking": {"tracking_uri"}, "automation": True, "notifications": True, "monitoring": True},
         )
 
     def config_hash(self) -> str:
         """A short, stable fingerprint of the resolved config, recorded with every model."""
-        return _hash(self.loggable())
+        return fingerprint(self.loggable())
 
 
-def _hash(content: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+def code_version(*sections: BaseModel) -> str:
+    """An asset's code version: the asset code's own revision plus the config sections it reads,
+    so changing a model's params makes that model (and what depends on it) stale, nothing else."""
+    return f"{ASSET_CODE_REVISION}-{fingerprint([section.model_dump(mode='json') for section in sections])}"
+
+
+# Bump when an asset's code changes what it produces; every asset then shows as stale.
+ASSET_CODE_REVISION = "2"
+
+
+def fingerprint(content: Any) -> str:
+    """A short, stable hash of JSON-like content."""
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class ExperimentConfig(StrictModel):
@@ -364,7 +376,7 @@ class ExperimentConfig(StrictModel):
     def config_hash(self) -> str:
         """The fingerprint of what decides the model: name and description left out, so two
         experiments with the same settings share a hash."""
-        return _hash(self.model_dump(mode="json", exclude={"name", "description"}))
+        return fingerprint(self.model_dump(mode="json", exclude={"name", "description"}))
 
 
 class ConfigError(ValueError):

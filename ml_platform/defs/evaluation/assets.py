@@ -4,7 +4,7 @@ import dagster as dg
 
 from ml_platform.defs.partitions import batch_partitions
 from ml_platform.defs.training.assets import TrainedCandidate, TrainingData
-from ml_platform.lib.config import PlatformConfig
+from ml_platform.lib.config import PlatformConfig, code_version
 from ml_platform.lib.evaluation import (
     PromotionDecision,
     champion_saw_batch,
@@ -28,7 +28,7 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
         partitions_def=batch_partitions,
         group_name="evaluation",
         ins=model_assets,
-        code_version="1",
+        code_version=code_version(config.promotion),
         description=f"Every candidate scored on the held-out split; the winner by {metric} ({mode}).",
     )
     def evaluation_report(
@@ -69,7 +69,7 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
         partitions_def=batch_partitions,
         group_name="evaluation",
         kinds={"mlflow"},
-        code_version="1",
+        code_version=code_version(config.promotion),
         pool="model_registry",
         description="The batch's winner registered in the MLflow Model Registry: alias `champion` if it beats "
         "the current champion on this batch's held-out data by the configured margin, else `challenger`.",

@@ -6,7 +6,7 @@ import dagster as dg
 
 from ml_platform.defs.partitions import batch_partitions
 from ml_platform.lib.batches import batch_file
-from ml_platform.lib.config import PlatformConfig
+from ml_platform.lib.config import PlatformConfig, code_version
 from ml_platform.lib.ingestion import ingest_batch
 from ml_platform.resources.warehouse import WarehouseResource
 
@@ -19,7 +19,7 @@ def build_ingestion_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
         partitions_def=batch_partitions,
         group_name="ingestion",
         kinds={"duckdb"},
-        code_version="1",
+        code_version=code_version(data),
         description=f"One batch file of the {data.name!r} data set, checked against its data contract "
         "and stored in the batch's DuckDB database (re-ingesting replaces it).",
     )

@@ -13,6 +13,8 @@ from ml_platform.lib.config import (
     PlatformConfig,
     TrainingConfig,
     canonical_param_names,
+    code_version,
+    fingerprint,
 )
 from ml_platform.lib.evaluation import score
 from ml_platform.lib.provenance import frame_hash
@@ -57,7 +59,7 @@ def build_training_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
         partitions_def=batch_partitions,
         group_name="training",
         deps=[FEATURES_KEY],
-        code_version="1",
+        code_version=code_version(config.data, config.training),
         description="Seeded train/test split of the batch's features "
         f"(window: {config.training.window}, test size {config.training.test_size}).",
     )
@@ -108,13 +110,14 @@ def training_window(context: dg.OpExecutionContext, window: str, warehouse: Ware
 
 def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> dg.AssetsDefinition:
     """`<name>_model`: fit the spec's Pipeline, score it on the held-out rows, log one MLflow run."""
+    model_code_version = code_version(spec, platform.training)
 
     @dg.asset(
         name=f"{name}_model",
         partitions_def=batch_partitions,
         group_name="training",
         kinds={"sklearn", "mlflow"},
-        code_version="1",
+        code_version=model_code_version,
         description=f"{spec.type} trained on the batch's training split, logged to MLflow.",
     )
     def model_asset(
@@ -151,6 +154,11 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
                 "model_uri": model_uri,
                 "mlflow_run": dg.MetadataValue.url(mlflow.store.run_url(run_id)),
             },
+            # Params given at launch change the model without changing the code version: the data
+            # version says what this model was really built from, so its dependents see the change.
+            data_version=dg.DataVersion(
+                fingerprint({"code": model_code_version, "params": fitted.params, "data": training_data.data_hash})
+            ),
         )
 
     return model_asset
