@@ -158,15 +158,14 @@ class ExperimentManager:
         import dagster as dg
 
         from ml_platform.defs import build_definitions
-        from ml_platform.defs.experiments.jobs import EXPERIMENT_ID_TAG
-        from ml_platform.defs.partitions import batch_partitions
+        from ml_platform.defs.experiments.jobs import EXPERIMENT_ID_TAG, experiment_run_config
+        from ml_platform.defs.partitions import batch_partitions, batches_with
         from ml_platform.defs.runs import first_failure
 
         experiment = self.get_experiment(experiment_id)
         known = self.instance.get_dynamic_partitions(batch_partitions.name)
-        with_features = self.instance.get_materialized_partitions(dg.AssetKey("features"))
         if batch is None:
-            ready = [key for key in known if key in with_features]
+            ready = batches_with(self.instance, dg.AssetKey("features"))
             if not ready:
                 raise ExperimentError("no batch has features yet: run the pipeline first (`ml-platform run --all`)")
             batch = ready[-1]
@@ -178,15 +177,7 @@ class ExperimentManager:
             raise ExperimentError(str(error)) from None
         result = definitions.resolve_job_def("experiment").execute_in_process(
             run_config={
-                "ops": {
-                    "train_experiment": {
-                        "config": {
-                            "experiment_id": experiment.experiment_id,
-                            "experiment_name": experiment.name,
-                            "config": experiment.config.loggable(),
-                        }
-                    }
-                },
+                **experiment_run_config(experiment.experiment_id, experiment.name, experiment.config),
                 "loggers": {"console": {"config": {"log_level": "WARNING"}}},
             },
             instance=self.instance,

@@ -80,11 +80,11 @@ class PlatformUnderTest:
         return path
 
     def materialize(self, batch_id: str, config: PlatformConfig | None = None, **kwargs) -> dg.ExecuteInProcessResult:
-        from ml_platform.defs import build_assets, build_resources
+        from ml_platform.defs import build_batch_assets, build_resources
 
         config = config or self.config
         return dg.materialize(
-            build_assets(config),
+            build_batch_assets(config),
             resources=build_resources(config, self.settings),
             partition_key=batch_id,
             instance=self.instance,

@@ -2,13 +2,17 @@
 
 import dagster as dg
 
-from ml_platform.defs.partitions import batch_partitions
+from ml_platform.defs.evaluation.backtest import BACKTEST_KEY
 
 
 def _whole_pipeline(name: str, description: str, **kwargs):
-    """A job over every asset, partitioned by batch."""
+    """A job over every batch asset, partitioned by batch."""
     return dg.define_asset_job(
-        name, selection=dg.AssetSelection.all(), partitions_def=batch_partitions, description=description, **kwargs
+        name,
+        # The backtest spans batches: it has its own job and schedule.
+        selection=dg.AssetSelection.all() - dg.AssetSelection.assets(BACKTEST_KEY),
+        description=description,
+        **kwargs,
     )
 
 

@@ -254,7 +254,8 @@ class NotificationChannelsConfig(StrictModel):
 class QualityAlertConfig(StrictModel):
     """When a trained winner notifies: below an absolute floor, or worse than the champion by a margin."""
 
-    min_primary_metric: float | None = None
+    # The worst acceptable primary metric: a floor for roc_auc or f1, a ceiling for rmse.
+    primary_metric_threshold: float | None = None
     max_drop_vs_champion: Annotated[float, Field(ge=0)] | None = None
 
 

@@ -98,3 +98,29 @@ def champion_saw_batch(
     if champion_window != "cumulative" or champion_batch not in ordered_batches or batch_id not in ordered_batches:
         return False
     return ordered_batches.index(batch_id) < ordered_batches.index(champion_batch)
+
+
+def quality_problems(
+    metric: str,
+    mode: str,
+    winner: float,
+    champion: float | None,
+    threshold: float | None,
+    max_drop: float | None,
+) -> list[str]:
+    """Why a batch's winner is worrying, in words a person reads; empty when it is fine.
+
+    `threshold` is the worst acceptable value (a floor for a metric to maximise, a ceiling for one to
+    minimise); `max_drop` is how much worse than the champion, on the same held-out rows, it may be.
+    """
+    problems = []
+    if threshold is not None and is_better(threshold, winner, mode):
+        side = "below" if mode == "max" else "above"
+        problems.append(f"{metric} {winner:.4f} is {side} the threshold {threshold:g}")
+    if max_drop is not None and champion is not None:
+        drop = champion - winner if mode == "max" else winner - champion
+        if drop > max_drop:
+            problems.append(
+                f"{metric} {winner:.4f} is {drop:.4f} worse than the champion's {champion:.4f} (allowed {max_drop:g})"
+            )
+    return problems

@@ -11,10 +11,14 @@ from ml_platform.lib.evaluation import (
     decide_promotion,
     metrics_table_markdown,
     pick_winner,
+    quality_problems,
     score,
 )
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
 from ml_platform.resources.reports import ReportsResource
+
+# The champion_model check that notifies when a batch's winner is worse than the configured bar.
+QUALITY_CHECK = "meets_quality_bar"
 
 
 def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
@@ -23,6 +27,7 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
     metric = config.promotion.primary_metric
     mode = config.primary_metric_mode
     model_assets = {f"{name}_model": dg.AssetIn(key=f"{name}_model") for name in config.models}
+    quality = config.notifications.quality
 
     @dg.asset(
         partitions_def=batch_partitions,
@@ -71,6 +76,15 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
         kinds={"mlflow"},
         code_version=code_version(config.promotion),
         pool="model_registry",
+        check_specs=[
+            dg.AssetCheckSpec(
+                QUALITY_CHECK,
+                asset="champion_model",
+                description=f"The batch's winner meets the quality bar: {metric} no worse than "
+                f"{quality.primary_metric_threshold} and no more than {quality.max_drop_vs_champion} worse "
+                "than the champion (`notifications.quality`). A failure notifies; the run still succeeds.",
+            )
+        ],
         description="The batch's winner registered in the MLflow Model Registry: alias `champion` if it beats "
         "the current champion on this batch's held-out data by the configured margin, else `challenger`.",
     )
@@ -132,7 +146,28 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
         )
         context.log.info(f"{model_name} v{version} is {decision.alias}: {decision.reason}")
         current = version if decision.alias == "champion" else incumbent.version
+        problems = quality_problems(
+            metric,
+            mode,
+            challenger_score,
+            champion_score,
+            quality.primary_metric_threshold,
+            quality.max_drop_vs_champion,
+        )
         return dg.MaterializeResult(
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name=QUALITY_CHECK,
+                    passed=not problems,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    description="; ".join(problems) or None,
+                    metadata={
+                        "model": evaluation_report["winner"],
+                        metric: dg.MetadataValue.float(challenger_score),
+                        **({"champion": dg.MetadataValue.float(champion_score)} if champion_score is not None else {}),
+                    },
+                )
+            ],
             metadata={
                 "registered_model": model_name,
                 "version": version,
@@ -146,7 +181,7 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
                     else {}
                 ),
                 "mlflow_run": dg.MetadataValue.url(mlflow.store.run_url(winner["mlflow_run_id"])),
-            }
+            },
         )
 
     return [evaluation_report, champion_model]

@@ -31,6 +31,21 @@ class ExperimentRunConfig(dg.Config):
     config: dict[str, Any] = Field(description="The resolved experiment config (configs/experiment.yaml's schema).")
 
 
+def experiment_run_config(experiment_id: str, experiment_name: str, config: ExperimentConfig) -> dict[str, Any]:
+    """The `experiment` job's run config for one experiment (CLI runs and scheduled runs alike)."""
+    return {
+        "ops": {
+            "train_experiment": {
+                "config": {
+                    "experiment_id": experiment_id,
+                    "experiment_name": experiment_name,
+                    "config": config.loggable(),
+                }
+            }
+        }
+    }
+
+
 def build_experiment_job(platform: PlatformConfig) -> dg.JobDefinition:
     """The job, for the code location's data set: an experiment must describe the same data."""
 

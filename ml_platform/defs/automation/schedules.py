@@ -1,0 +1,200 @@
+"""Cron schedules: the platform's retraining, backtest and pipeline schedules (`automation.schedules`)
+and the tasks added with TaskScheduler (`ml-platform schedules add`), read from the schedules file.
+
+A tick that finds nothing to do says why (no batches yet, every batch up to date, no champion to
+backtest) instead of launching a run that would fail or recompute what has not changed.
+"""
+
+import dagster as dg
+
+from ml_platform.defs.automation.sensors import TRIGGER_TAG
+from ml_platform.defs.automation.staleness import describe_reasons, reasons_to_run
+from ml_platform.defs.evaluation.backtest import backtest_skip_reason
+from ml_platform.defs.experiments.jobs import EXPERIMENT_ID_TAG, experiment_run_config
+from ml_platform.defs.partitions import batch_partitions, batches_with
+from ml_platform.lib.batches import batch_file
+from ml_platform.lib.config import ExperimentConfig, PlatformConfig, ScheduleSpec
+from ml_platform.lib.settings import Settings
+from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
+from ml_platform.resources.warehouse import WarehouseResource
+from ml_platform.scheduler import BacktestTask, PipelineTask, TrainingTask, load_scheduled_tasks
+
+# Why a run was started: the stale causes, as the UI's run tags show them.
+STALE_REASON_TAG = "ml_platform/stale_reason"
+ACTIVE_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+RETRAINING_GROUPS = {"training", "evaluation"}
+
+
+def build_schedules(config: PlatformConfig, settings: Settings) -> list[dg.ScheduleDefinition]:
+    specs = config.automation.schedules
+    schedules = [
+        _stale_batches_schedule(
+            "retraining_schedule",
+            specs.retraining,
+            config,
+            settings,
+            job_name="batch_pipeline",
+            groups=RETRAINING_GROUPS,
+            latest_only=True,
+            description="Retrains the newest batch's models where data, code or config changed since they were "
+            "trained (or a run failed); skips when they are up to date.",
+        ),
+        _stale_batches_schedule(
+            "pipeline_schedule",
+            specs.pipeline,
+            config,
+            settings,
+            job_name="batch_pipeline",
+            groups=None,
+            latest_only=False,
+            description="Runs the whole pipeline for every batch that is stale or was never run.",
+        ),
+        _backtest_schedule(
+            "backtest_schedule", specs.backtest, config.promotion.registered_model_name, "champion", settings
+        ),
+    ]
+    for task in load_scheduled_tasks(settings.home / config.automation.schedules_file):
+        spec = ScheduleSpec(cron=task.cron, timezone=task.timezone)
+        if isinstance(task, TrainingTask):
+            schedules.append(_training_schedule(task, spec))
+        elif isinstance(task, BacktestTask):
+            schedules.append(_backtest_schedule(task.name, spec, task.model, task.alias, settings))
+        elif isinstance(task, PipelineTask):
+            schedules.append(
+                _stale_batches_schedule(
+                    task.name,
+                    spec,
+                    config,
+                    settings,
+                    job_name=task.pipeline,
+                    groups=None,
+                    latest_only=False,
+                    description=f"{task.pipeline} for every batch that is stale or was never run "
+                    "(added with `ml-platform schedules add pipeline`).",
+                )
+            )
+    return schedules
+
+
+def _status(spec: ScheduleSpec) -> dg.DefaultScheduleStatus:
+    return dg.DefaultScheduleStatus.RUNNING if spec.enabled else dg.DefaultScheduleStatus.STOPPED
+
+
+def _stale_batches_schedule(
+    name: str,
+    spec: ScheduleSpec,
+    config: PlatformConfig,
+    settings: Settings,
+    *,
+    job_name: str,
+    groups: set[str] | None,
+    latest_only: bool,
+    description: str,
+) -> dg.ScheduleDefinition:
+    incoming_dir = settings.incoming_dir(config)
+
+    @dg.schedule(
+        name=name,
+        cron_schedule=spec.cron,
+        execution_timezone=spec.timezone,
+        job_name=job_name,
+        default_status=_status(spec),
+        description=description,
+    )
+    def stale_batches(context: dg.ScheduleEvaluationContext):
+        instance = context.instance
+        batches = instance.get_dynamic_partitions(batch_partitions.name)
+        if not batches:
+            return dg.SkipReason(f"no batches yet: drop a file in {incoming_dir} or run `ml-platform batches scan`")
+        if latest_only:
+            batches = batches[-1:]
+        asset_graph = context.repository_def.asset_graph
+        keys = [
+            key
+            for key in asset_graph.materializable_asset_keys
+            if asset_graph.get(key).partitions_def is not None
+            and (groups is None or asset_graph.get(key).group_name in groups)
+        ]
+        requests, up_to_date, busy = [], [], []
+        for batch in batches:
+            if instance.get_run_records(
+                dg.RunsFilter(statuses=ACTIVE_STATUSES, tags={"dagster/partition": batch}), limit=1
+            ):
+                busy.append(batch)
+                continue
+            source = batch_file(incoming_dir, batch, config.data.file_format)
+            reasons = reasons_to_run(instance, asset_graph, batch, keys, source)
+            if not reasons:
+                up_to_date.append(batch)
+                continue
+            context.log.info(f"{batch}:\n{describe_reasons(reasons)}")
+            requests.append(
+                dg.RunRequest(
+                    partition_key=batch,
+                    asset_selection=list(reasons),
+                    tags={TRIGGER_TAG: name, STALE_REASON_TAG: describe_reasons(reasons)[:1000]},
+                )
+            )
+        if requests:
+            return requests
+        parts = []
+        if up_to_date:
+            parts.append(f"up to date (data, code and config unchanged): {', '.join(up_to_date)}")
+        if busy:
+            parts.append(f"a run is already queued or running for: {', '.join(busy)}")
+        return dg.SkipReason("; ".join(parts))
+
+    return stale_batches
+
+
+def _backtest_schedule(
+    name: str, spec: ScheduleSpec, model: str, alias: str, settings: Settings
+) -> dg.ScheduleDefinition:
+    @dg.schedule(
+        name=name,
+        cron_schedule=spec.cron,
+        execution_timezone=spec.timezone,
+        job_name="backtest",
+        default_status=_status(spec),
+        description=f"Scores {model}@{alias} on every batch that came after the one it was trained on.",
+    )
+    def backtest(context: dg.ScheduleEvaluationContext, mlflow: MlflowTrackingResource, warehouse: WarehouseResource):
+        reason = backtest_skip_reason(context.instance, mlflow.store, model, alias, warehouse.warehouse)
+        if reason:
+            return dg.SkipReason(reason)
+        return dg.RunRequest(
+            run_config={"ops": {"champion_backtest": {"config": {"registered_model_name": model, "alias": alias}}}},
+            tags={TRIGGER_TAG: name},
+        )
+
+    return backtest
+
+
+def _training_schedule(task: TrainingTask, spec: ScheduleSpec) -> dg.ScheduleDefinition:
+    experiment = ExperimentConfig.model_validate(task.config)
+
+    @dg.schedule(
+        name=task.name,
+        cron_schedule=spec.cron,
+        execution_timezone=spec.timezone,
+        job_name="experiment",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Trains experiment {task.experiment_name} (id {task.experiment_id}) on the newest batch "
+        "with features (added with `ml-platform schedules add training`).",
+    )
+    def training(context: dg.ScheduleEvaluationContext):
+        ready = batches_with(context.instance, dg.AssetKey("features"))
+        if not ready:
+            return dg.SkipReason("no batch has features yet: the pipeline has not run on any batch")
+        return dg.RunRequest(
+            partition_key=ready[-1],
+            run_config=experiment_run_config(task.experiment_id, task.experiment_name, experiment),
+            tags={TRIGGER_TAG: task.name, EXPERIMENT_ID_TAG: task.experiment_id},
+        )
+
+    return training
