@@ -3,6 +3,7 @@
 import dagster as dg
 
 from ml_platform.defs.partitions import batch_partitions
+from ml_platform.defs.retries import EXTERNAL_SYSTEM_RETRY
 from ml_platform.defs.training.assets import TrainedCandidate, TrainingData
 from ml_platform.lib.config import PlatformConfig, code_version
 from ml_platform.lib.evaluation import (
@@ -76,6 +77,7 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
         kinds={"mlflow"},
         code_version=code_version(config.promotion),
         pool="model_registry",
+        retry_policy=EXTERNAL_SYSTEM_RETRY,
         check_specs=[
             dg.AssetCheckSpec(
                 QUALITY_CHECK,

@@ -14,6 +14,7 @@ import dagster as dg
 from pydantic import Field, ValidationError
 
 from ml_platform.defs.partitions import batch_partitions
+from ml_platform.defs.retries import EXTERNAL_SYSTEM_RETRY
 from ml_platform.defs.training.assets import prepare_training_data, run_tags
 from ml_platform.lib.config import ExperimentConfig, PlatformConfig, format_validation_error
 from ml_platform.lib.evaluation import score
@@ -49,7 +50,7 @@ def experiment_run_config(experiment_id: str, experiment_name: str, config: Expe
 def build_experiment_job(platform: PlatformConfig) -> dg.JobDefinition:
     """The job, for the code location's data set: an experiment must describe the same data."""
 
-    @dg.op(tags={"kind": "sklearn"})
+    @dg.op(tags={"kind": "sklearn"}, retry_policy=EXTERNAL_SYSTEM_RETRY)
     def train_experiment(
         context: dg.OpExecutionContext,
         config: ExperimentRunConfig,
@@ -59,16 +60,18 @@ def build_experiment_job(platform: PlatformConfig) -> dg.JobDefinition:
         try:
             experiment = ExperimentConfig.model_validate(config.config)
         except ValidationError as error:
-            raise dg.Failure(f"experiment config: {format_validation_error(error)}") from None
+            raise dg.Failure(f"experiment config: {format_validation_error(error)}", allow_retries=False) from None
         if experiment.data.name != platform.data.name:
             raise dg.Failure(
                 f"experiment data set {experiment.data.name!r} is not the pipeline's {platform.data.name!r}: "
-                "batches have features for the pipeline's data set only"
+                "batches have features for the pipeline's data set only",
+                allow_retries=False,  # retrying cannot fix it
             )
         batch = context.partition_key
         if not warehouse.warehouse.has_table(batch, "features"):
             raise dg.Failure(
-                f"batch {batch} has no features yet: run the pipeline for it first (`ml-platform run {batch}`)"
+                f"batch {batch} has no features yet: run the pipeline for it first (`ml-platform run {batch}`)",
+                allow_retries=False,
             )
         training_data = prepare_training_data(context, experiment.data, experiment.training, warehouse)
         split = training_data.split

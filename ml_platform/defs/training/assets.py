@@ -6,6 +6,7 @@ from typing import Any
 import dagster as dg
 
 from ml_platform.defs.partitions import batch_partitions
+from ml_platform.defs.retries import EXTERNAL_SYSTEM_RETRY
 from ml_platform.lib.batches import batches_up_to
 from ml_platform.lib.config import (
     DataConfig,
@@ -118,6 +119,7 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
         group_name="training",
         kinds={"sklearn", "mlflow"},
         code_version=model_code_version,
+        retry_policy=EXTERNAL_SYSTEM_RETRY,
         description=f"{spec.type} trained on the batch's training split, logged to MLflow.",
     )
     def model_asset(
