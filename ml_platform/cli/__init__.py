@@ -19,6 +19,7 @@ from rich.table import Table
 from ml_platform.cli.common import console, dagster_instance, fail, load_platform_config
 from ml_platform.cli.experiments import experiment_app, experiments_app
 from ml_platform.cli.models import models_app
+from ml_platform.cli.status import status
 from ml_platform.lib.settings import Settings
 
 app = typer.Typer(help="ml_platform: batches of data to evaluated, registered models.", no_args_is_help=True)
@@ -27,6 +28,7 @@ app.add_typer(batches_app, name="batches")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(experiments_app, name="experiments")
 app.add_typer(models_app, name="models")
+app.command("status")(status)
 
 
 @app.command("demo-data")
@@ -124,10 +126,18 @@ def run(
     batch_ids: Annotated[list[str] | None, typer.Argument(help="Batches to run; see --all.")] = None,
     all_batches: Annotated[bool, typer.Option("--all", help="Run every batch partition, in order.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print every step's log lines.")] = False,
+    only_stale: Annotated[
+        bool,
+        typer.Option(
+            "--only-stale",
+            help="Run only the assets whose data, code or config changed since they were built (or that "
+            "never were), and say why; a batch that is up to date runs nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Run the batch pipeline for batches, in this process, recorded in the Dagster instance.
 
-    Example: ml-platform run batch_0001   |   ml-platform run --all
+    Example: ml-platform run batch_0001   |   ml-platform run --all --only-stale
     """
     from ml_platform.defs.partitions import batch_partitions
     from ml_platform.defs.runs import first_failure
@@ -151,12 +161,32 @@ def run(
     job = definitions.defs.resolve_job_def("batch_pipeline")
     failed = []
     for batch_id in targets:
+        selection, tags = None, {}
+        if only_stale:
+            from ml_platform.defs.automation.staleness import STALE_REASON_TAG, describe_reasons, reasons_to_run
+            from ml_platform.lib.batches import batch_file
+
+            config = load_platform_config(settings)
+            reasons = reasons_to_run(
+                instance,
+                definitions.defs.resolve_asset_graph(),
+                batch_id,
+                list(job.asset_layer.selected_asset_keys),
+                batch_file(settings.incoming_dir(config), batch_id, config.data.file_format),
+            )
+            if not reasons:
+                console.print(f"[green]up to date[/] {batch_id}: data, code and config unchanged; nothing to run")
+                continue
+            console.print(f"{batch_id}: running {len(reasons)} asset(s)\n{describe_reasons(reasons)}")
+            selection, tags = list(reasons), {STALE_REASON_TAG: describe_reasons(reasons)[:1000]}
         quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
         with console.status(f"running batch_pipeline for {batch_id} ..."), quiet:
             result = job.execute_in_process(
                 instance=instance,
                 partition_key=batch_id,
                 raise_on_error=False,
+                asset_selection=selection,
+                tags=tags,
                 # The full event log goes to the instance (the UI shows it); the console gets warnings.
                 run_config={"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "WARNING"}}}},
             )

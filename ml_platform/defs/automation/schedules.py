@@ -8,7 +8,7 @@ backtest) instead of launching a run that would fail or recompute what has not c
 import dagster as dg
 
 from ml_platform.defs.automation.sensors import TRIGGER_TAG
-from ml_platform.defs.automation.staleness import describe_reasons, reasons_to_run
+from ml_platform.defs.automation.staleness import STALE_REASON_TAG, describe_reasons, reasons_to_run
 from ml_platform.defs.evaluation.backtest import backtest_skip_reason
 from ml_platform.defs.experiments.jobs import EXPERIMENT_ID_TAG, experiment_run_config
 from ml_platform.defs.partitions import batch_partitions, batches_with
@@ -19,8 +19,6 @@ from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
 from ml_platform.resources.warehouse import WarehouseResource
 from ml_platform.scheduler import BacktestTask, PipelineTask, TrainingTask, load_scheduled_tasks
 
-# Why a run was started: the stale causes, as the UI's run tags show them.
-STALE_REASON_TAG = "ml_platform/stale_reason"
 ACTIVE_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,

@@ -19,6 +19,8 @@ from dagster._core.loader import LoadingContext
 from ml_platform.lib.ingestion import file_content_hash
 
 RAW_BATCH_KEY = dg.AssetKey("raw_batch")
+# The run tag that says why a run re-ran what it did (the UI shows it with the run).
+STALE_REASON_TAG = "ml_platform/stale_reason"
 
 
 class _InstanceLoadingContext(LoadingContext):
