@@ -19,6 +19,7 @@ from rich.table import Table
 from ml_platform.cli.common import console, dagster_instance, fail, load_platform_config
 from ml_platform.cli.experiments import experiment_app, experiments_app
 from ml_platform.cli.models import models_app
+from ml_platform.cli.schedules import schedules_app
 from ml_platform.cli.status import status
 from ml_platform.lib.settings import Settings
 
@@ -28,6 +29,7 @@ app.add_typer(batches_app, name="batches")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(experiments_app, name="experiments")
 app.add_typer(models_app, name="models")
+app.add_typer(schedules_app, name="schedules")
 app.command("status")(status)
 
 
