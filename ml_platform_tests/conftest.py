@@ -20,6 +20,7 @@ import pytest
 from ml_platform.lib.config import PlatformConfig, load_config
 from ml_platform.lib.demo_data import write_demo_batches
 from ml_platform.lib.settings import DEFAULT_CONFIG_PATH, Settings
+from ml_platform_tests.servers import RecordingHTTPServer, http_servers
 
 
 def small_config(**changes) -> PlatformConfig:
@@ -118,3 +119,15 @@ def _platform(home: Path, monkeypatch: pytest.MonkeyPatch, config: PlatformConfi
     (home / "dagster_home").mkdir(parents=True, exist_ok=True)
     with dg.instance_for_test(temp_dir=str(home / "dagster_home")) as instance:
         yield PlatformUnderTest(settings, config, instance)
+
+
+@pytest.fixture
+def start_http_server() -> Iterator[Callable[..., RecordingHTTPServer]]:
+    """Start real HTTP servers on 127.0.0.1 that record every POST (`start(status=200)`)."""
+    with http_servers() as start:
+        yield start
+
+
+@pytest.fixture
+def http_server(start_http_server) -> RecordingHTTPServer:
+    return start_http_server(200)

@@ -1,0 +1,67 @@
+"""Real servers the tests start on 127.0.0.1 and stop: an HTTP endpoint that records what it receives."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class RecordingHTTPServer(ThreadingHTTPServer):
+    """Answers every POST with `status` and keeps what it received."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.received: list[dict[str, Any]] = []
+        super().__init__(("127.0.0.1", 0), _RecordingHandler)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+
+class _RecordingHandler(BaseHTTPRequestHandler):
+    server: RecordingHTTPServer
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.received.append({"path": self.path, "headers": dict(self.headers), "json": json.loads(body)})
+        self.send_response(self.server.status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep the test output quiet
+        pass
+
+
+@contextmanager
+def http_servers() -> Iterator[Callable[..., RecordingHTTPServer]]:
+    """Start recording servers (`start(status)`); all are shut down on exit."""
+    servers: list[RecordingHTTPServer] = []
+
+    def start(status: int = 200) -> RecordingHTTPServer:
+        server = RecordingHTTPServer(status)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """Poll until `condition()` is truthy and return it; fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
