@@ -1,0 +1,1 @@
+"""Monitoring: what the pipeline's runs did, read back from Dagster's event log."""
