@@ -3,6 +3,7 @@ what changed (the same reasons `ml-platform run --only-stale` acts on)."""
 
 import dagster as dg
 import pytest
+from dagster._core.storage.defs_state.base import set_defs_state_storage
 
 from ml_platform.defs import build_definitions, build_resources
 from ml_platform.defs.automation.schedules import build_schedules
@@ -18,9 +19,13 @@ def evaluate(platform, name, config=None):
     config = config or platform.config
     definitions = build_definitions(config, platform.settings)
     schedule = next(schedule for schedule in build_schedules(config, platform.settings) if schedule.name == name)
+    # Dagster finds the instance's definitions state through a context variable that a module-scoped
+    # instance (created in another fixture's context) does not set here; the daemon always has it.
+    with set_defs_state_storage(platform.instance.defs_state_storage):
+        repository = definitions.get_repository_def()
     context = dg.build_schedule_context(
         instance=platform.instance,
-        repository_def=definitions.get_repository_def(),
+        repository_def=repository,
         resources=build_resources(config, platform.settings),
     )
     return schedule.evaluate_tick(context)
@@ -97,7 +102,8 @@ def test_a_scheduled_training_task_trains_its_experiment_on_the_newest_batch(tra
     )
     result = evaluate(platform, "nightly_logreg")
     [request] = result.run_requests
-    assert request.job_name == "experiment"
+    [schedule] = [s for s in build_schedules(platform.config, platform.settings) if s.name == "nightly_logreg"]
+    assert schedule.job_name == "experiment"
     assert request.partition_key == batch
     assert request.tags[EXPERIMENT_ID_TAG] == task.experiment_id
     op_config = request.run_config["ops"]["train_experiment"]["config"]
