@@ -23,8 +23,10 @@ EXPECTED_GROUPS = {
     "random_forest_model": "training",
     "evaluation_report": "evaluation",
     "champion_model": "evaluation",
+    "champion_backtest": "evaluation",
 }
 EXPECTED_CHECKS = {
+    ("champion_model", "meets_quality_bar"),
     ("stg_batch", "not_null_stg_batch_batch_id"),
     ("features", "not_null_features_batch_id"),
     ("features", "features_have_unique_ids"),
@@ -43,10 +45,45 @@ def test_assets_are_grouped_by_stage_and_partitioned_by_batch(tmp_path: Path):
     groups = {key.to_user_string(): asset_graph.get(key).group_name for key in asset_graph.get_all_asset_keys()}
     assert groups == EXPECTED_GROUPS
     for key in asset_graph.get_all_asset_keys():
-        assert asset_graph.get(key).partitions_def == dg.DynamicPartitionsDefinition(name="batches")
+        # The backtest spans batches; everything else is one batch's.
+        expected = (
+            None if key.to_user_string() == "champion_backtest" else dg.DynamicPartitionsDefinition(name="batches")
+        )
+        assert asset_graph.get(key).partitions_def == expected
     checks = {(key.asset_key.to_user_string(), key.name) for key in asset_graph.asset_check_keys}
     assert checks == EXPECTED_CHECKS
-    assert {job.name for job in defs.resolve_all_job_defs()} >= {"batch_pipeline", "batch_pipeline_parallel"}
+    assert {job.name for job in defs.resolve_all_job_defs()} >= {
+        "batch_pipeline",
+        "batch_pipeline_parallel",
+        "experiment",
+        "backtest",
+    }
+
+
+def test_the_automation_is_in_the_code_location_and_on_by_default(tmp_path: Path):
+    defs = build_definitions(small_config(), Settings(home=tmp_path, config_path=tmp_path / "unused.yaml"))
+    schedules = {schedule.name: schedule for schedule in defs.schedules}
+    assert set(schedules) == {"retraining_schedule", "backtest_schedule", "pipeline_schedule"}
+    assert schedules["retraining_schedule"].cron_schedule == "*/2 * * * *"
+    assert schedules["backtest_schedule"].job_name == "backtest"
+    sensors = {sensor.name: sensor for sensor in defs.sensors}
+    assert set(sensors) == {"new_batch_sensor", "run_failure_notifications", "run_success_monitor"}
+    for definition in [*schedules.values(), *sensors.values()]:
+        assert definition.default_status.value == "RUNNING", definition.name
+
+
+def test_code_versions_follow_the_config_each_asset_reads(tmp_path: Path):
+    settings = Settings(home=tmp_path, config_path=tmp_path / "unused.yaml")
+
+    def code_versions(config) -> dict[str, str]:
+        asset_graph = graph(build_definitions(config, settings))
+        return {key.to_user_string(): asset_graph.get(key).code_version for key in asset_graph.get_all_asset_keys()}
+
+    before = code_versions(small_config())
+    after = code_versions(small_config(**{"models.random_forest.params.n_estimators": 31}))
+    assert {name for name in before if before[name] != after[name]} == {"random_forest_model"}
+    promotion = code_versions(small_config(**{"promotion.min_improvement": 0.01}))
+    assert {name for name in before if before[name] != promotion[name]} == {"evaluation_report", "champion_model"}
 
 
 def test_the_graph_flows_from_ingestion_to_the_champion(tmp_path: Path):
