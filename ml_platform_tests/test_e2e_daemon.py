@@ -1,0 +1,136 @@
+"""End to end under the real Dagster daemon: a file dropped in the incoming folder becomes a partition
+and a successful run on its own; a malformed one fails and the failure notification reaches a webhook.
+
+The daemon runs as a subprocess against a temporary DAGSTER_HOME (with the project's dagster.yaml) and
+loads the project's workspace.yaml, as `dagster dev` does; the webhook is a real HTTP server here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from ml_platform.lib.demo_data import generate_churn_batch, write_demo_batches
+from ml_platform.lib.settings import PROJECT_ROOT
+from ml_platform_tests.conftest import small_config
+from ml_platform_tests.servers import wait_for
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture
+def daemon_home(tmp_path, http_server, monkeypatch):
+    """A platform home whose config sends notifications to `http_server`, and a Dagster home beside it."""
+    config = small_config(
+        **{
+            "automation.new_batch_sensor.minimum_interval_seconds": 1,
+            "automation.new_batch_sensor.settle_seconds": 1,
+            # Only the sensors under test: no cron tick may start runs of its own meanwhile.
+            "automation.schedules.retraining.enabled": False,
+            "automation.schedules.backtest.enabled": False,
+            "automation.schedules.pipeline.enabled": False,
+            "notifications.channels.webhook_url": http_server.url("/hooks/ml"),
+        }
+    )
+    config_path = tmp_path / "platform.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True)))
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    env = {
+        **os.environ,
+        "ML_PLATFORM_HOME": str(tmp_path),
+        "ML_PLATFORM_CONFIG": str(config_path),
+        "DAGSTER_HOME": str(dagster_home),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    return tmp_path, config, env
+
+
+@pytest.fixture
+def daemon(daemon_home):
+    home, config, env = daemon_home
+    log = (home / "daemon.log").open("w")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(PROJECT_ROOT / "workspace.yaml")],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its code server and run workers go with it
+    )
+    instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
+    try:
+        yield home, config, instance
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+        instance.dispose()
+
+
+def land(source: Path, incoming: Path) -> float:
+    """Move a finished file into the incoming folder in one step, as a writer should; returns when."""
+    incoming.mkdir(parents=True, exist_ok=True)
+    target = incoming / source.name
+    os.replace(source, target)
+    return time.time()
+
+
+def runs_for(instance: dg.DagsterInstance, batch: str) -> list[dg.RunRecord]:
+    return instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": batch}))
+
+
+def test_a_dropped_file_is_picked_up_run_and_a_bad_one_notifies(daemon, http_server):
+    home, config, instance = daemon
+    incoming = home / config.data.incoming_dir
+    staging = home / "staging"
+    [good] = write_demo_batches(staging, 1, 1500)
+
+    landed = land(good, incoming)
+    wait_for(lambda: "batch_0001" in instance.get_dynamic_partitions("batches"), 240, "the partition to be added")
+    [record] = wait_for(lambda: runs_for(instance, "batch_0001"), 60, "the sensor's run request")
+    assert record.dagster_run.tags["dagster/sensor_name"] == "new_batch_sensor"
+    report_latency("first file (daemon starting)", instance, record, landed)
+    finished = wait_for(lambda: finished_run(instance, record), 420, "the run to finish")
+    assert finished.status == dg.DagsterRunStatus.SUCCESS, (home / "daemon.log").read_text()[-3000:]
+    assert instance.get_latest_materialization_event(dg.AssetKey("champion_model")) is not None
+
+    bad = staging / "batch_0002.csv"
+    bad.write_text(generate_churn_batch(batch_number=2, n_rows=300).drop(columns=["churned"]).to_csv(index=False))
+    landed = land(bad, incoming)
+    [failed] = wait_for(lambda: runs_for(instance, "batch_0002"), 240, "the run of the malformed batch")
+    report_latency("second file (daemon running)", instance, failed, landed)
+    [notification] = wait_for(lambda: http_server.received, 420, "the failure notification")
+    message = notification["json"]
+    assert message["title"] == "Run failed: batch_pipeline for batch_0002"
+    assert message["fields"]["step"] == "raw_batch"
+    assert "churned" in message["error"]
+    assert message["link"].endswith(f"/runs/{failed.dagster_run.run_id}")
+
+
+def finished_run(instance: dg.DagsterInstance, record: dg.RunRecord) -> dg.DagsterRun | None:
+    run = instance.get_run_by_id(record.dagster_run.run_id)
+    return run if run.is_finished else None
+
+
+def report_latency(what: str, instance: dg.DagsterInstance, record: dg.RunRecord, landed: float) -> None:
+    """Print how long a landed file took to become a run and to start it (`pytest -s` shows it)."""
+    run_id = record.dagster_run.run_id
+    started = wait_for(lambda: instance.get_run_record_by_id(run_id).start_time, 240, f"{run_id} to start")
+    created = record.create_timestamp.timestamp()
+    print(f"\n{what}: landed -> run requested {created - landed:.1f} s, run started {started - landed:.1f} s")
