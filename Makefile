@@ -51,4 +51,4 @@ bench: prepare
 	$(RUN) python -m benchmarks.run $(BENCH_ARGS)
 
 clean:
-	rm -rf .dagster_home data/warehouse mlflow reports $(DBT_DIR)/target data/incoming/*.csv data/incoming/*.parquet
+	rm -rf .dagster_home data/warehouse mlflow reports schedules.yaml schedules.yaml.lock $(DBT_DIR)/target data/incoming/*.csv data/incoming/*.parquet
