@@ -114,3 +114,19 @@ def test_a_scheduled_training_task_trains_its_experiment_on_the_newest_batch(tra
         run_config=request.run_config, instance=platform.instance, partition_key=batch, tags=request.tags
     )
     assert run.success
+
+
+def test_the_backtest_runs_once_per_champion_and_set_of_later_batches(trained):
+    # Last in this module: it adds a batch after the champion's.
+    platform, batch = trained
+    assert "the latest batch" in skip_message(evaluate(platform, "backtest_schedule"))
+    [later] = platform.write_batches(1, rows=1500, first=2)
+    assert platform.materialize(later, selection=["raw_batch", "stg_batch", "features"]).success
+    [request] = evaluate(platform, "backtest_schedule").run_requests
+    assert request.run_config["ops"]["champion_backtest"]["config"] == {
+        "registered_model_name": "churn_classifier",
+        "alias": "champion",
+    }
+    # The same champion and batches give the same run key, which Dagster runs only once.
+    assert request.run_key.startswith("churn_classifier@champion:v1:")
+    assert evaluate(platform, "backtest_schedule").run_requests[0].run_key == request.run_key

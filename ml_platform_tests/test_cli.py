@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -118,3 +119,35 @@ def test_project_dagster_yaml_is_a_valid_instance_config(tmp_path):
             {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
         ]
         assert concurrency.pool_config.default_pool_limit == 1
+
+
+def test_only_stale_runs_what_changed_and_says_why(cli, tmp_path):
+    cli("demo-data", "--batches", "1", "--rows", "1000")
+    cli("batches", "scan")
+    first = cli("run", "--all", "--only-stale").stdout
+    assert "raw_batch: never materialized for this batch" in first and "ok batch_0001" in first
+
+    assert "up to date batch_0001" in cli("run", "--all", "--only-stale").stdout
+
+    changed = small_config(**{"models.random_forest.params.n_estimators": 30})
+    (tmp_path / "platform.yaml").write_text(yaml.safe_dump(changed.model_dump(mode="json")))
+    rerun = cli("run", "batch_0001", "--only-stale").stdout
+    assert "running 3 asset(s)" in rerun
+    assert "random_forest_model: random_forest_model has a new code version" in rerun
+    assert "gradient_boosting_model" not in rerun
+
+
+def test_schedules_are_added_listed_and_removed(cli):
+    added = cli("schedules", "add", "pipeline", "--cron", "0 */6 * * *", "--name", "six_hourly").stdout
+    assert "added schedule six_hourly (pipeline" in added
+    listed = json.loads(cli("schedules", "list", "--json").stdout)
+    assert {row["name"] for row in listed} == {
+        "retraining_schedule",
+        "backtest_schedule",
+        "pipeline_schedule",
+        "six_hourly",
+    }
+    bad = cli("schedules", "add", "backtest", "--cron", "every monday", check_exit=2)
+    assert "'every monday' is not a valid cron schedule" in bad.stderr
+    assert "removed schedule six_hourly" in cli("schedules", "remove", "six_hourly").stdout
+    assert "no scheduled task named 'six_hourly'" in cli("schedules", "remove", "six_hourly", check_exit=2).stderr

@@ -12,7 +12,6 @@ from ml_platform.defs import build_resources
 from ml_platform.defs.evaluation.backtest import (
     BACKTEST_KEY,
     backtest_job,
-    backtest_skip_reason,
     build_backtest_assets,
     plan_backtest,
 )
@@ -178,14 +177,14 @@ def test_nothing_to_backtest_still_materializes_and_says_why(backtested, run_con
     assert reason.format(model=model_name(platform)) in metadata["reason"]
     assert sorted((platform.settings.reports_dir / "backtest").iterdir()) == reports_before
     # The schedule asks the same question before it launches a run.
-    skip = backtest_skip_reason(
+    plan = plan_backtest(
         platform.instance,
         platform.mlflow(),
         run_config.get("registered_model_name", model_name(platform)),
         run_config.get("alias", "champion"),
         Warehouse(platform.settings.warehouse_dir),
     )
-    assert skip == metadata["reason"]
+    assert plan.skip_reason == metadata["reason"]
 
 
 def test_the_schedules_question_has_no_reason_to_skip_when_there_is_a_later_batch(backtested):
@@ -195,7 +194,7 @@ def test_the_schedules_question_has_no_reason_to_skip_when_there_is_a_later_batc
 
     plan = plan_backtest(platform.instance, store, model_name(platform), "champion", warehouse)
 
-    assert backtest_skip_reason(platform.instance, store, model_name(platform), "champion", warehouse) is None
+    assert plan.skip_reason is None
     assert plan.version == "1" and plan.trained_on == "batch_0001"
     assert plan.batches == ["batch_0002", "batch_0003", "batch_0004"]
     assert plan.without_features == ["batch_0005"]

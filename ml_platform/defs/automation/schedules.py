@@ -9,15 +9,15 @@ import dagster as dg
 
 from ml_platform.defs.automation.sensors import TRIGGER_TAG
 from ml_platform.defs.automation.staleness import STALE_REASON_TAG, describe_reasons, reasons_to_run
-from ml_platform.defs.evaluation.backtest import backtest_skip_reason
+from ml_platform.defs.evaluation.backtest import plan_backtest
 from ml_platform.defs.experiments.jobs import EXPERIMENT_ID_TAG, experiment_run_config
 from ml_platform.defs.partitions import batch_partitions, batches_with
 from ml_platform.lib.batches import batch_file
-from ml_platform.lib.config import ExperimentConfig, PlatformConfig, ScheduleSpec
+from ml_platform.lib.config import ConfigError, ExperimentConfig, PlatformConfig, ScheduleSpec, fingerprint
 from ml_platform.lib.settings import Settings
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
 from ml_platform.resources.warehouse import WarehouseResource
-from ml_platform.scheduler import BacktestTask, PipelineTask, TrainingTask, load_scheduled_tasks
+from ml_platform.scheduler import BacktestTask, PipelineTask, TrainingTask, cron_problem, load_scheduled_tasks
 
 ACTIVE_STATUSES = [
     dg.DagsterRunStatus.QUEUED,
@@ -30,6 +30,10 @@ RETRAINING_GROUPS = {"training", "evaluation"}
 
 def build_schedules(config: PlatformConfig, settings: Settings) -> list[dg.ScheduleDefinition]:
     specs = config.automation.schedules
+    for kind in ("retraining", "backtest", "pipeline"):
+        spec = getattr(specs, kind)
+        if problem := cron_problem(spec.cron, spec.timezone):
+            raise ConfigError(f"{settings.config_path}: automation.schedules.{kind}: {problem}")
     schedules = [
         _stale_batches_schedule(
             "retraining_schedule",
@@ -162,10 +166,12 @@ def _backtest_schedule(
         description=f"Scores {model}@{alias} on every batch that came after the one it was trained on.",
     )
     def backtest(context: dg.ScheduleEvaluationContext, mlflow: MlflowTrackingResource, warehouse: WarehouseResource):
-        reason = backtest_skip_reason(context.instance, mlflow.store, model, alias, warehouse.warehouse)
-        if reason:
-            return dg.SkipReason(reason)
+        plan = plan_backtest(context.instance, mlflow.store, model, alias, warehouse.warehouse)
+        if plan.skip_reason:
+            return dg.SkipReason(plan.skip_reason)
         return dg.RunRequest(
+            # The same version on the same batches was backtested already: Dagster skips a repeated key.
+            run_key=f"{model}@{alias}:v{plan.version}:{fingerprint(plan.batches)}",
             run_config={"ops": {"champion_backtest": {"config": {"registered_model_name": model, "alias": alias}}}},
             tags={TRIGGER_TAG: name},
         )

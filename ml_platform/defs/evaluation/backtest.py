@@ -1,7 +1,7 @@
 """The champion backtest: how the current champion does on every batch after the one it trained on.
 
 Not partitioned: one materialization scores one model version on all the later batches that have
-features. The schedule asks `backtest_skip_reason` first and skips with its reason; a run started
+features. The schedule asks `plan_backtest` first and skips with its reason; a run started
 by hand with nothing to score still materializes, with `status: nothing to backtest` and the reason.
 """
 
@@ -70,13 +70,6 @@ def plan_backtest(
     waiting = [batch_id for batch_id in later if batch_id not in ready]
     reason = None if ready else f"no batch after {plan.trained_on} has features yet ({', '.join(waiting)})"
     return replace(plan, batches=ready, without_features=waiting, skip_reason=reason)
-
-
-def backtest_skip_reason(
-    instance: dg.DagsterInstance, store: MlflowStore, model_name: str, alias: str, warehouse: Warehouse
-) -> str | None:
-    """Why a backtest would have nothing to score (for a schedule's `SkipReason`), or None."""
-    return plan_backtest(instance, store, model_name, alias, warehouse).skip_reason
 
 
 def build_backtest_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
