@@ -14,7 +14,6 @@ from ml_platform.lib.run_summary import (
     StageSummary,
     decision_text,
     duration_between,
-    first_lines,
     history_table,
     metrics_table,
     run_headline,
@@ -87,12 +86,6 @@ def test_trigger_tags_keep_only_what_says_why_a_run_happened():
 )
 def test_duration_is_unknown_until_both_ends_are(start, end, expected):
     assert duration_between(start, end) == expected
-
-
-def test_first_lines_keeps_the_message_not_the_traceback():
-    message = "\nbatch rejected:\n\n  - missing column(s): x\n  - two\n  - three\n  - four\n  - five\n"
-
-    assert first_lines(message, 3) == "batch rejected:\n  - missing column(s): x\n  - two"
 
 
 @pytest.mark.parametrize(

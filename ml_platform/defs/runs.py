@@ -21,9 +21,16 @@ def project_instance(settings: Settings) -> dg.DagsterInstance:
 def first_failure(result: dg.ExecuteInProcessResult) -> str:
     """The first failed step and its own error message, under Dagster's wrappers."""
     for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data.error:
-            error = event.step_failure_data.error
-            while error.cause is not None:  # the asset's own exception, under Dagster's wrapper
-                error = error.cause
-            return f"step {event.step_key}: {error.message.strip()}"
+        if event.is_step_failure and (message := step_error(event)):
+            return f"step {event.step_key}: {message}"
     return "see the run's logs in the Dagster UI"
+
+
+def step_error(event: dg.DagsterEvent) -> str | None:
+    """A step failure's own exception message (the asset's, not Dagster's wrapper around it)."""
+    error = event.step_failure_data.error
+    if error is None:
+        return None
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()

@@ -134,12 +134,6 @@ def duration_between(start: float | None, end: float | None) -> float | None:
     return round(end - start, 3)
 
 
-def first_lines(text: str, lines: int = ERROR_LINES) -> str:
-    """The first `lines` non-blank lines of a message, so a summary shows the cause, not a traceback."""
-    kept = [line.rstrip() for line in text.strip().splitlines() if line.strip()]
-    return "\n".join(kept[:lines])
-
-
 def trigger_tags(tags: Mapping[str, str]) -> dict[str, str]:
     """The run tags that say what launched a run (a sensor, a schedule, a backfill, the platform's own)."""
     return {key: tags[key] for key in TRIGGER_TAGS if key in tags}

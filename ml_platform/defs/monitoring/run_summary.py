@@ -19,13 +19,15 @@ import dagster as dg
 
 from ml_platform.defs.experiments.jobs import EXPERIMENT_ID_TAG
 from ml_platform.defs.partitions import batch_partitions
+from ml_platform.defs.runs import step_error
+from ml_platform.lib.notifications import first_lines
 from ml_platform.lib.run_summary import (
+    ERROR_LINES,
     BatchStatus,
     ChampionDecision,
     RunSummary,
     StageSummary,
     duration_between,
-    first_lines,
     timestamp_to_datetime,
     trigger_tags,
 )
@@ -215,16 +217,13 @@ def _first_error(instance: dg.DagsterInstance, run_id: str) -> str:
     failures = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_FAILURE, limit=1).records
     if failures:
         event = failures[0].event_log_entry.dagster_event
-        error = event.step_failure_data.error
-        if error is not None:
-            while error.cause is not None:  # the asset's own exception, under Dagster's wrapper
-                error = error.cause
-            return first_lines(f"step {event.step_key}: {error.message}")
+        if message := step_error(event):
+            return first_lines(f"step {event.step_key}: {message}", ERROR_LINES)
     run_failures = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_FAILURE, limit=1).records
     if run_failures:
         entry = run_failures[0].event_log_entry
         data = entry.dagster_event.job_failure_data if entry.dagster_event else None
         if data is not None and data.error is not None:
-            return first_lines(data.error.message)
-        return first_lines(entry.dagster_event.message if entry.dagster_event else entry.user_message)
+            return first_lines(data.error.message, ERROR_LINES)
+        return first_lines(entry.dagster_event.message if entry.dagster_event else entry.user_message, ERROR_LINES)
     return "the run failed without a recorded error; see its logs in the Dagster UI"

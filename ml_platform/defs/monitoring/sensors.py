@@ -5,6 +5,7 @@
 import dagster as dg
 
 from ml_platform.defs.monitoring.run_summary import write_run_summary
+from ml_platform.defs.runs import step_error
 from ml_platform.lib.config import PlatformConfig
 from ml_platform.lib.notifications import Notification
 from ml_platform.lib.settings import Settings
@@ -31,7 +32,7 @@ def build_monitoring_sensors(config: PlatformConfig, settings: Settings) -> list
         write_run_summary(context.instance, run.run_id, reports_dir)
         failures = context.get_step_failure_events()
         steps = [event.step_key for event in failures if event.step_key]
-        message = _error_text(failures[0]) if failures else (context.failure_event.message or "the run failed")
+        message = (step_error(failures[0]) if failures else None) or context.failure_event.message or "the run failed"
         info = _run_info(run, notifier)
         notifier.notify(
             failure_notification(info, steps, _assets_of_steps(context.instance, run.run_id, steps), message),
@@ -131,16 +132,6 @@ def _run_info(run: dg.DagsterRun, notifier: NotifierResource) -> RunInfo:
         tags=dict(run.tags),
         url=notifier.run_url(run.run_id),
     )
-
-
-def _error_text(event: dg.DagsterEvent) -> str:
-    """The step's own exception under Dagster's wrappers, message first."""
-    error = event.step_failure_data.error
-    if error is None:
-        return event.message or "the step failed"
-    while error.cause is not None:
-        error = error.cause
-    return error.message.strip()
 
 
 def _assets_of_steps(instance: dg.DagsterInstance, run_id: str, steps: list[str]) -> list[str]:
