@@ -12,12 +12,16 @@ from typing import Any
 
 
 class RecordingHTTPServer(ThreadingHTTPServer):
-    """Answers every POST with `status` and keeps what it received."""
+    """Answers the first POSTs with `first` statuses, every later one with `status`; keeps what it received."""
 
-    def __init__(self, status: int) -> None:
+    def __init__(self, status: int, first: tuple[int, ...] = ()) -> None:
         self.status = status
+        self.first = list(first)
         self.received: list[dict[str, Any]] = []
         super().__init__(("127.0.0.1", 0), _RecordingHandler)
+
+    def next_status(self) -> int:
+        return self.first.pop(0) if self.first else self.status
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}{path}"
@@ -29,7 +33,7 @@ class _RecordingHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.server.received.append({"path": self.path, "headers": dict(self.headers), "json": json.loads(body)})
-        self.send_response(self.server.status)
+        self.send_response(self.server.next_status())
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -42,8 +46,8 @@ def http_servers() -> Iterator[Callable[..., RecordingHTTPServer]]:
     """Start recording servers (`start(status)`); all are shut down on exit."""
     servers: list[RecordingHTTPServer] = []
 
-    def start(status: int = 200) -> RecordingHTTPServer:
-        server = RecordingHTTPServer(status)
+    def start(status: int = 200, first: tuple[int, ...] = ()) -> RecordingHTTPServer:
+        server = RecordingHTTPServer(status, first)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return server

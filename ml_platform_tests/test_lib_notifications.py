@@ -344,7 +344,7 @@ def test_failing_channels_are_reported_and_the_others_still_deliver(
     assert status["slack"] == f"failed: ConnectionError (Connection refused) posting to http://127.0.0.1:{closed_port}"
     assert status["webhook"] == f"failed: http://127.0.0.1:{failing_server.server_address[1]} answered HTTP 500"
     assert status["email"] == "sent"
-    assert len(failing_server.received) == 1
+    assert len(failing_server.received) == 3  # tried, then retried twice
     assert len(smtp_server.handler.messages) == 1
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert warnings == [
@@ -521,3 +521,10 @@ def test_a_resource_used_directly_reads_its_env_var_not_the_variable_name(http_s
 def test_half_an_email_setup_is_an_error_not_silence():
     with pytest.raises(ValueError, match="email_recipients"):
         NotifierResource(smtp_host="127.0.0.1", email_sender="ml@example.com").channels()
+
+
+def test_a_webhook_that_hiccups_gets_the_message_on_a_retry(start_http_server, log):
+    server = start_http_server(200, first=(503,))
+    status = send_notification(run_failure(), [JsonWebhookChannel(server.url("/hook"))], log)
+    assert status["webhook"] == "sent"
+    assert len(server.received) == 2  # refused once with 503, delivered on the retry

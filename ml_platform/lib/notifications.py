@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import smtplib
 import ssl
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -128,18 +129,33 @@ def _os_reason(error: BaseException) -> str | None:
     return None
 
 
+# A webhook that hiccups (refused while restarting, 5xx or 429 under load) gets two more tries, 0.5 s
+# and 1 s later. Not after a read timeout: the server may have taken the message, and twice is worse.
+# (urllib3's own Retry would do this too, but it logs each retry with the URL's path: the token.)
+RETRY_DELAYS_SECONDS = (0.5, 1.0)
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
 def _post_json(url: str, payload: dict[str, Any], timeout: float) -> None:
     where = redact_url(url)
-    try:
-        response = requests.post(url, json=payload, timeout=timeout)
-    except requests.RequestException as error:
-        # str(error) quotes the full URL, token included: report the class and the OS reason only.
-        reason = _os_reason(error)
-        detail = f" ({reason})" if reason else ""
-        raise ChannelError(f"{type(error).__name__}{detail} posting to {where}") from None
-    if not 200 <= response.status_code < 300:
-        # The body is left out: some servers echo the requested path, and with it the token.
-        raise ChannelError(f"{where} answered HTTP {response.status_code}")
+    for retry_delay in (*RETRY_DELAYS_SECONDS, None):
+        try:
+            response = requests.post(url, json=payload, timeout=timeout)
+        except requests.RequestException as error:
+            if isinstance(error, requests.ConnectionError) and retry_delay is not None:
+                time.sleep(retry_delay)
+                continue
+            # str(error) quotes the full URL, token included: report the class and the OS reason only.
+            reason = _os_reason(error)
+            detail = f" ({reason})" if reason else ""
+            raise ChannelError(f"{type(error).__name__}{detail} posting to {where}") from None
+        if response.status_code in RETRY_STATUSES and retry_delay is not None:
+            time.sleep(retry_delay)
+            continue
+        if not 200 <= response.status_code < 300:
+            # The body is left out: some servers echo the requested path, and with it the token.
+            raise ChannelError(f"{where} answered HTTP {response.status_code}")
+        return
 
 
 SLACK_ICONS: dict[str, str] = {"error": ":red_circle:", "warning": ":warning:", "info": ":information_source:"}
