@@ -97,6 +97,7 @@ def test_the_graph_flows_from_ingestion_to_the_champion(tmp_path: Path):
     assert parents("training_data") == {"features"}
     assert parents("random_forest_model") == {"training_data"}
     assert parents("evaluation_report") == {
+        "training_data",  # the held-out rows its plots are drawn on
         "random_forest_model",
         "gradient_boosting_model",
         "logistic_regression_model",

@@ -49,8 +49,10 @@ def test_whole_graph_materializes_every_asset_and_passes_dbt_checks(three_runs):
         assert result.success
         assert materialized(result) == PIPELINE_ASSETS
         checks = result.get_asset_check_evaluations()
-        assert len(checks) == 5
-        assert all(check.passed for check in checks)
+        dbt_checks = [check for check in checks if check.check_name != "meets_quality_bar"]
+        assert len(dbt_checks) == 5
+        assert all(check.passed for check in dbt_checks)
+        assert len(checks) == 6  # and the champion's quality bar, which may fail without failing the run
 
 
 def test_raw_batch_records_rows_hash_and_null_counts(three_runs):

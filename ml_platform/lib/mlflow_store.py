@@ -151,6 +151,13 @@ class MlflowStore:
             artifacts={"config.json": config.loggable()},
         )
 
+    def log_artifacts(self, run_id: str, files: list[Path], artifact_path: str = "evaluation") -> None:
+        """Add `files` to an existing (even finished) run, under `artifact_path`."""
+        with self.write_lock():
+            client = self.client()
+            for file in files:
+                client.log_artifact(run_id, str(file), artifact_path=artifact_path)
+
     def run_url(self, run_id: str) -> str:
         """The run's page in MLflow's UI: the tracking server's own, or `ui_url` for a local store."""
         server = self.tracking_uri if self.tracking_uri.startswith(("http://", "https://")) else self.ui_url

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from ml_platform.defs.evaluation.plots import publish_evaluation_plots
 from ml_platform.defs.partitions import batch_partitions
 from ml_platform.defs.retries import EXTERNAL_SYSTEM_RETRY
 from ml_platform.defs.training.assets import TrainedCandidate, TrainingData
@@ -28,17 +29,24 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
     metric = config.promotion.primary_metric
     mode = config.primary_metric_mode
     model_assets = {f"{name}_model": dg.AssetIn(key=f"{name}_model") for name in config.models}
+    # The held-out rows the plots are drawn on.
+    plot_inputs = {"training_data": dg.AssetIn(key="training_data")}
     quality = config.notifications.quality
 
     @dg.asset(
         partitions_def=batch_partitions,
         group_name="evaluation",
-        ins=model_assets,
+        ins={**model_assets, **plot_inputs},
         code_version=code_version(config.promotion),
-        description=f"Every candidate scored on the held-out split; the winner by {metric} ({mode}).",
+        description=f"Every candidate scored on the held-out split; the winner by {metric} ({mode}); "
+        "plots of the winner, the candidates and the metrics over batches.",
     )
     def evaluation_report(
-        context: dg.AssetExecutionContext, reports: ReportsResource, **candidates: TrainedCandidate
+        context: dg.AssetExecutionContext,
+        reports: ReportsResource,
+        mlflow: MlflowTrackingResource,
+        training_data: TrainingData,
+        **candidates: TrainedCandidate,
     ) -> dg.Output[dict]:
         scores = {candidate.name: candidate.metrics for candidate in candidates.values()}
         winner = pick_winner(scores, metric, mode)
@@ -61,6 +69,7 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
             },
         }
         path = reports.write_json(context.partition_key, "evaluation_report", report)
+        plots = publish_evaluation_plots(context, config, report, table, training_data, reports, mlflow)
         return dg.Output(
             report,
             metadata={
@@ -68,6 +77,7 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
                 f"winner_{metric}": dg.MetadataValue.float(scores[winner][metric]),
                 "metrics": dg.MetadataValue.md(table),
                 "report_file": dg.MetadataValue.path(str(path)),
+                **plots,
             },
         )
 
