@@ -56,16 +56,14 @@ def build_schedules(config: PlatformConfig, settings: Settings) -> list[dg.Sched
             latest_only=False,
             description="Runs the whole pipeline for every batch that is stale or was never run.",
         ),
-        _backtest_schedule(
-            "backtest_schedule", specs.backtest, config.promotion.registered_model_name, "champion", settings
-        ),
+        _backtest_schedule("backtest_schedule", specs.backtest, config.promotion.registered_model_name, "champion"),
     ]
     for task in load_scheduled_tasks(settings.home / config.automation.schedules_file):
         spec = ScheduleSpec(cron=task.cron, timezone=task.timezone)
         if isinstance(task, TrainingTask):
             schedules.append(_training_schedule(task, spec))
         elif isinstance(task, BacktestTask):
-            schedules.append(_backtest_schedule(task.name, spec, task.model, task.alias, settings))
+            schedules.append(_backtest_schedule(task.name, spec, task.model, task.alias))
         elif isinstance(task, PipelineTask):
             schedules.append(
                 _stale_batches_schedule(
@@ -154,9 +152,7 @@ def _stale_batches_schedule(
     return stale_batches
 
 
-def _backtest_schedule(
-    name: str, spec: ScheduleSpec, model: str, alias: str, settings: Settings
-) -> dg.ScheduleDefinition:
+def _backtest_schedule(name: str, spec: ScheduleSpec, model: str, alias: str) -> dg.ScheduleDefinition:
     @dg.schedule(
         name=name,
         cron_schedule=spec.cron,
