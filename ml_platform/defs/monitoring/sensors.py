@@ -4,7 +4,7 @@
 
 import dagster as dg
 
-from ml_platform.defs.monitoring.run_summary import write_run_summary
+from ml_platform.defs.monitoring.run_summary import load_run_summary, write_run_summary
 from ml_platform.defs.runs import step_error
 from ml_platform.lib.config import PlatformConfig
 from ml_platform.lib.notifications import Notification
@@ -29,7 +29,6 @@ def build_monitoring_sensors(config: PlatformConfig, settings: Settings) -> list
     )
     def run_failure_notifications(context: dg.RunFailureSensorContext, notifier: NotifierResource) -> None:
         run = context.dagster_run
-        write_run_summary(context.instance, run.run_id, reports_dir)
         failures = context.get_step_failure_events()
         steps = [event.step_key for event in failures if event.step_key]
         message = (step_error(failures[0]) if failures else None) or context.failure_event.message or "the run failed"
@@ -39,6 +38,8 @@ def build_monitoring_sensors(config: PlatformConfig, settings: Settings) -> list
             context.log,
         )
         _call_hooks(hooks, "on_error", RunError(info, steps, message), context.log)
+        # Last: people hear of the failure even if the reports folder cannot be written.
+        write_run_summary(context.instance, run.run_id, reports_dir)
 
     @dg.run_status_sensor(
         run_status=dg.DagsterRunStatus.SUCCESS,
@@ -50,14 +51,14 @@ def build_monitoring_sensors(config: PlatformConfig, settings: Settings) -> list
     )
     def run_success_monitor(context: dg.RunStatusSensorContext, notifier: NotifierResource) -> None:
         run = context.dagster_run
-        write_run_summary(context.instance, run.run_id, reports_dir)
         info = _run_info(run, notifier)
         for check in failed_checks(context.instance, run.run_id):
             notifier.notify(check_notification(info, check), context.log)
+        write_run_summary(context.instance, run.run_id, reports_dir)
         if hooks:
-            from ml_platform.defs.monitoring.run_summary import summarize_run
-
-            _call_hooks(hooks, "on_experiment_end", summarize_run(context.instance, run.run_id), context.log)
+            _call_hooks(
+                hooks, "on_experiment_end", load_run_summary(context.instance, run.run_id, reports_dir), context.log
+            )
 
     sensors = [run_failure_notifications, run_success_monitor]
     if hooks:
