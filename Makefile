@@ -1,6 +1,7 @@
 # Two commands do all set-up on a machine with Python 3.11 and make:
 #   make demo   install from the lock, generate demo batches, run the pipeline, show the champion
 #   make test   install from the lock and run the test suite (what CI runs)
+# then make ui  Dagster's UI (webserver and daemon) and MLflow's UI on 127.0.0.1; Ctrl-C stops both
 # and, on demand, make bench   the performance benchmark (benchmarks/)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -12,8 +13,10 @@ DBT_DIR := ml_platform/dbt_project
 
 DEMO_BATCHES ?= 3
 DEMO_ROWS ?= 5000
+DAGSTER_PORT ?= 3000
+MLFLOW_PORT ?= 5000
 
-.PHONY: install prepare demo test bench clean
+.PHONY: install prepare demo ui test bench clean
 
 install:
 	@# A Python that refuses system-wide installs (PEP 668) still takes a --user one.
@@ -36,11 +39,20 @@ demo: prepare
 	@echo "  warehouse (one DuckDB file per batch): $(ML_PLATFORM_HOME)/data/warehouse/"
 	@echo "  evaluation reports (JSON):             $(ML_PLATFORM_HOME)/reports/<batch>/evaluation_report.json"
 	@echo "  MLflow store and artifacts:            $(ML_PLATFORM_HOME)/mlflow/"
-	@echo "Open the UIs (both bind 127.0.0.1):"
-	@echo "  Dagster: DAGSTER_HOME=$(DAGSTER_HOME) $(RUN) dagster dev -w workspace.yaml   -> http://127.0.0.1:3000"
-	@echo "  MLflow:  $(RUN) mlflow ui --backend-store-uri sqlite:///$(ML_PLATFORM_HOME)/mlflow/mlflow.db --host 127.0.0.1 --port 5000"
+	@echo "Open the UIs: make ui   (Dagster http://127.0.0.1:3000, MLflow http://127.0.0.1:5000; Ctrl-C stops both)"
 
+# Dagster's webserver and daemon (`dagster dev`) and MLflow's UI on the platform's store, on 127.0.0.1.
+ui: prepare
+	$(RUN) ml-platform ui --dagster-port $(DAGSTER_PORT) --mlflow-port $(MLFLOW_PORT)
+
+# The browser tests (ml_platform_tests/test_ui_browser.py) drive the distribution's Chromium with
+# Playwright (Playwright's own browser download needs the internet). Without it they fail and say why.
 test: prepare
+	@command -v chromium >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else SUDO=none; fi; \
+		if [ "$$SUDO" != none ] && command -v apt-get >/dev/null; then \
+			$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		else echo "warning: no chromium and no way to install it (apt-get as root or with sudo): the browser tests will fail"; fi; }
 	$(RUN) ruff check ml_platform ml_platform_tests benchmarks
 	$(RUN) pytest
 

@@ -1,5 +1,5 @@
 """The `ml-platform` command: demo data, batches (partitions), pipeline runs, the champion.
-Experiments are in `cli/experiments.py`, registered models in `cli/models.py`.
+Experiments are in `cli/experiments.py`, registered models in `cli/models.py`, the UIs in `cli/ui.py`.
 
 Heavy imports (Dagster, MLflow, scikit-learn) happen inside the commands that need them, so
 `ml-platform --help` answers at once.
@@ -21,6 +21,7 @@ from ml_platform.cli.experiments import experiment_app, experiments_app
 from ml_platform.cli.models import models_app
 from ml_platform.cli.schedules import schedules_app
 from ml_platform.cli.status import status
+from ml_platform.cli.ui import ui
 from ml_platform.lib.settings import Settings
 
 app = typer.Typer(help="ml_platform: batches of data to evaluated, registered models.", no_args_is_help=True)
@@ -31,6 +32,7 @@ app.add_typer(experiments_app, name="experiments")
 app.add_typer(models_app, name="models")
 app.add_typer(schedules_app, name="schedules")
 app.command("status")(status)
+app.command("ui")(ui)
 
 
 @app.command("demo-data")
