@@ -16,6 +16,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.storage.defs_state.base import set_defs_state_storage
 
 from ml_platform.lib.config import PlatformConfig, load_config
 from ml_platform.lib.demo_data import write_demo_batches
@@ -131,3 +132,15 @@ def start_http_server() -> Iterator[Callable[..., RecordingHTTPServer]]:
 @pytest.fixture
 def http_server(start_http_server) -> RecordingHTTPServer:
     return start_http_server(200)
+
+
+@pytest.fixture(autouse=True)
+def definitions_state_storage_ends_with_the_test() -> Iterator[None]:
+    """Each test starts with no current definitions-state storage and leaves none behind.
+
+    Entering a DagsterInstance makes its storage the current one and disposing it does not undo
+    that (dagster 1.13), so a later test would load definitions against a disposed instance and
+    fail with "Attempted to resolve undefined DagsterInstance weakref".
+    """
+    with set_defs_state_storage(None):
+        yield
