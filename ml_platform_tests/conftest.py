@@ -7,6 +7,8 @@ project's own state and can run in any order.
 
 from __future__ import annotations
 
+import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,11 +18,12 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 from dagster._core.storage.defs_state.base import set_defs_state_storage
 
 from ml_platform.lib.config import PlatformConfig, load_config
 from ml_platform.lib.demo_data import write_demo_batches
-from ml_platform.lib.settings import DEFAULT_CONFIG_PATH, Settings
+from ml_platform.lib.settings import DEFAULT_CONFIG_PATH, PROJECT_ROOT, Settings
 from ml_platform_tests.servers import RecordingHTTPServer, http_servers
 
 
@@ -36,6 +39,25 @@ def small_config(**changes) -> PlatformConfig:
             node = node[part]
         node[leaf] = value
     return PlatformConfig.model_validate(raw)
+
+
+def subprocess_environment(directory: Path, config: PlatformConfig, platform_home: Path) -> dict[str, str]:
+    """The environment for `ml-platform` and Dagster commands run as subprocesses on `config`.
+
+    Writes the config to `directory/platform.yaml` and a DAGSTER_HOME at `directory/dagster_home`
+    holding the project's dagster.yaml; MLflow is the platform's own SQLite store under `platform_home`.
+    """
+    config_path = directory / "platform.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True)))
+    dagster_home = directory / "dagster_home"
+    dagster_home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    return {
+        **{key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"},
+        "ML_PLATFORM_HOME": str(platform_home),
+        "ML_PLATFORM_CONFIG": str(config_path),
+        "DAGSTER_HOME": str(dagster_home),
+    }
 
 
 def overlapping_entries(lock: Callable[[], AbstractContextManager], threads: int = 4) -> int:

@@ -8,7 +8,6 @@ loads the project's workspace.yaml, as `dagster dev` does; the webhook is a real
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,11 +16,10 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-import yaml
 
 from ml_platform.lib.demo_data import generate_churn_batch, write_demo_batches
 from ml_platform.lib.settings import PROJECT_ROOT
-from ml_platform_tests.conftest import small_config
+from ml_platform_tests.conftest import small_config, subprocess_environment
 from ml_platform_tests.servers import wait_for
 
 pytestmark = pytest.mark.timeout(900)
@@ -41,20 +39,11 @@ def daemon_home(tmp_path, http_server, monkeypatch):
             "notifications.channels.webhook_url": http_server.url("/hooks/ml"),
         }
     )
-    config_path = tmp_path / "platform.yaml"
-    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True)))
-    dagster_home = tmp_path / "dagster_home"
-    dagster_home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
     env = {
-        **os.environ,
-        "ML_PLATFORM_HOME": str(tmp_path),
-        "ML_PLATFORM_CONFIG": str(config_path),
-        "DAGSTER_HOME": str(dagster_home),
+        **subprocess_environment(tmp_path, config, platform_home=tmp_path),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
+    monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
     return tmp_path, config, env
 
 

@@ -25,10 +25,9 @@ from pathlib import Path
 import dagster as dg
 import psutil
 import pytest
-import yaml
 
 from ml_platform.lib.settings import PROJECT_ROOT
-from ml_platform_tests.conftest import small_config
+from ml_platform_tests.conftest import small_config, subprocess_environment
 from ml_platform_tests.servers import wait_for
 
 pytestmark = pytest.mark.timeout(1500)
@@ -133,18 +132,7 @@ def uis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUIs]:
             "automation.new_batch_sensor.enabled": False,
         }
     )
-    config_path = home / "platform.yaml"
-    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True)))
-    dagster_home = home / "dagster_home"
-    dagster_home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
-    env = {
-        **{key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"},
-        "ML_PLATFORM_HOME": str(home / "home"),
-        "ML_PLATFORM_CONFIG": str(config_path),
-        "DAGSTER_HOME": str(dagster_home),
-        "COLUMNS": "200",
-    }
+    env = {**subprocess_environment(home, config, platform_home=home / "home"), "COLUMNS": "200"}
     for command in (["demo-data", "--batches", "2", "--rows", "1000"], ["batches", "scan"], ["run", "batch_0001"]):
         done = subprocess.run([ML_PLATFORM, *command], env=env, cwd=home, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, f"{command}: {done.stdout}\n{done.stderr}"
@@ -164,7 +152,7 @@ def uis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUIs]:
         dagster=f"http://127.0.0.1:{dagster_port}",
         mlflow=f"http://127.0.0.1:{mlflow_port}",
         home=home / "home",
-        dagster_home=dagster_home,
+        dagster_home=Path(env["DAGSTER_HOME"]),
         tracking_uri=f"sqlite:///{home / 'home' / 'mlflow' / 'mlflow.db'}",
     )
     tree: list[psutil.Process] = []
