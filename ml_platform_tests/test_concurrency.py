@@ -4,18 +4,15 @@ one SQLite MLflow store and one Dagster instance: nothing is corrupted or locked
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import dagster as dg
 import duckdb
-import yaml
 
 from ml_platform.lib.settings import PROJECT_ROOT, Settings
-from ml_platform_tests.conftest import small_config
+from ml_platform_tests.conftest import small_config, subprocess_environment
 
 BIN = Path(sys.executable).parent
 
@@ -34,18 +31,9 @@ def champion_step_spans(instance: dg.DagsterInstance, run_id: str) -> tuple[floa
 
 
 def test_three_batches_materialized_at_once_all_succeed(tmp_path: Path):
-    home, dagster_home = tmp_path / "home", tmp_path / "dagster_home"
-    dagster_home.mkdir(parents=True)
-    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
-    config_path = tmp_path / "platform.yaml"
-    config = small_config()
-    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
-        "ML_PLATFORM_HOME": str(home),
-        "ML_PLATFORM_CONFIG": str(config_path),
-        "DAGSTER_HOME": str(dagster_home),
-    }
+    home, config = tmp_path / "home", small_config()
+    env = subprocess_environment(tmp_path, config, platform_home=home)
+    config_path, dagster_home = Path(env["ML_PLATFORM_CONFIG"]), Path(env["DAGSTER_HOME"])
 
     def run(*args: str) -> subprocess.Popen:
         return subprocess.Popen(
