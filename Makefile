@@ -22,7 +22,10 @@ install:
 	@# A Python that refuses system-wide installs (PEP 668) still takes a --user one.
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv \
 		|| $(PYTHON) -m pip install --quiet --user --break-system-packages uv
-	$(UV) sync --frozen
+	@# Compiled bytecode in the venv: without it, a Python started with PYTHONDONTWRITEBYTECODE (as on
+	@# the CI machines) compiles Dagster and MLflow again in every process, 3x the import time of each
+	@# CLI command, run worker and test subprocess.
+	$(UV) sync --frozen --compile-bytecode
 
 # dagster-dbt reads dbt's manifest when the definitions load; `dagster dev` would prepare it,
 # the CLI and CI do not, so set-up parses the dbt project itself.

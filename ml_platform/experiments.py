@@ -81,11 +81,10 @@ class ExperimentManager:
 
     @property
     def tracking_uri(self) -> str:
-        return self.platform.tracking.tracking_uri or self.settings.tracking_uri
+        return self.settings.tracking_uri_for(self.platform)
 
     def store(self, experiment_name: str) -> MlflowStore:
-        location = self.platform.tracking.artifact_location or self.settings.artifact_location(self.tracking_uri)
-        return MlflowStore(self.tracking_uri, experiment_name, location)
+        return MlflowStore(self.tracking_uri, experiment_name, self.settings.artifact_location_for(self.platform))
 
     def client(self):
         return self.store("").client()
@@ -157,10 +156,11 @@ class ExperimentManager:
         project's Dagster instance and wait for it."""
         import dagster as dg
 
-        from ml_platform.defs import build_definitions
-        from ml_platform.defs.experiments.jobs import EXPERIMENT_ID_TAG, experiment_run_config
+        from ml_platform.defs.definitions import build_definitions
+        from ml_platform.defs.experiments.jobs import experiment_run_config
         from ml_platform.defs.partitions import batch_partitions, batches_with
         from ml_platform.defs.runs import first_failure
+        from ml_platform.defs.tags import EXPERIMENT_ID_TAG
 
         experiment = self.get_experiment(experiment_id)
         known = self.instance.get_dynamic_partitions(batch_partitions.name)
@@ -248,7 +248,7 @@ class ExperimentManager:
         """The experiment, its config hash and every Dagster run of it with its status and metrics."""
         import dagster as dg
 
-        from ml_platform.defs.experiments.jobs import EXPERIMENT_ID_TAG
+        from ml_platform.defs.tags import EXPERIMENT_ID_TAG, PARTITION_TAG
 
         experiment = self.get_experiment(experiment_id)
         records = self.instance.get_run_records(dg.RunsFilter(tags={EXPERIMENT_ID_TAG: experiment.experiment_id}))
@@ -263,7 +263,7 @@ class ExperimentManager:
             runs.append(
                 {
                     "dagster_run_id": run.run_id,
-                    "batch": run.tags.get("dagster/partition", ""),
+                    "batch": run.tags.get(PARTITION_TAG, ""),
                     "status": run.status.value,
                     "started": _iso(record.start_time),
                     "ended": _iso(record.end_time),

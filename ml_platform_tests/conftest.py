@@ -104,7 +104,7 @@ class PlatformUnderTest:
         return path
 
     def materialize(self, batch_id: str, config: PlatformConfig | None = None, **kwargs) -> dg.ExecuteInProcessResult:
-        from ml_platform.defs import build_batch_assets, build_resources
+        from ml_platform.defs.definitions import build_batch_assets, build_resources
 
         config = config or self.config
         return dg.materialize(
@@ -116,7 +116,7 @@ class PlatformUnderTest:
         )
 
     def mlflow(self, config: PlatformConfig | None = None):
-        from ml_platform.defs import build_resources
+        from ml_platform.defs.definitions import build_resources
 
         return build_resources(config or self.config, self.settings)["mlflow"].process_config_and_initialize().store
 

@@ -5,10 +5,10 @@ import dagster as dg
 import pytest
 from dagster._core.storage.defs_state.base import set_defs_state_storage
 
-from ml_platform.defs import build_definitions, build_resources
 from ml_platform.defs.automation.schedules import build_schedules
 from ml_platform.defs.automation.staleness import STALE_REASON_TAG
-from ml_platform.defs.experiments.jobs import EXPERIMENT_ID_TAG
+from ml_platform.defs.definitions import build_definitions, build_resources
+from ml_platform.defs.tags import EXPERIMENT_ID_TAG
 from ml_platform.lib.settings import DEFAULT_EXPERIMENT_CONFIG_PATH
 from ml_platform.scheduler import TaskScheduler
 from ml_platform_tests.conftest import small_config

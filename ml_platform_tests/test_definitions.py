@@ -9,7 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ml_platform.defs import build_definitions, build_resources
+from ml_platform.defs.definitions import build_definitions, build_resources
 from ml_platform.lib.settings import PROJECT_ROOT, Settings
 from ml_platform_tests.conftest import small_config
 

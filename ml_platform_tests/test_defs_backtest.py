@@ -8,7 +8,7 @@ import json
 import dagster as dg
 import pytest
 
-from ml_platform.defs import build_resources
+from ml_platform.defs.definitions import build_resources
 from ml_platform.defs.evaluation.backtest import (
     BACKTEST_KEY,
     backtest_job,

@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 from mlflow import MlflowClient
 
-from ml_platform.defs.experiments.jobs import EXPERIMENT_ID_TAG
+from ml_platform.defs.tags import EXPERIMENT_ID_TAG
 from ml_platform.experiments import ExperimentError, ExperimentManager
 from ml_platform.lib.config import load_experiment_config
 from ml_platform.lib.settings import DEFAULT_EXPERIMENT_CONFIG_PATH

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import dagster as dg
 import pytest
 
-from ml_platform.defs.experiments.jobs import EXPERIMENT_ID_TAG
 from ml_platform.defs.monitoring.run_summary import (
     batch_history,
     load_run_summary,
@@ -17,6 +16,7 @@ from ml_platform.defs.monitoring.run_summary import (
     summarize_run,
     write_run_summary,
 )
+from ml_platform.defs.tags import EXPERIMENT_ID_TAG
 from ml_platform.lib.run_summary import RunSummary
 from ml_platform_tests.conftest import PlatformUnderTest
 from ml_platform_tests.test_cli_experiments import Cli

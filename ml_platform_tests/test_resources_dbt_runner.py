@@ -11,7 +11,7 @@ import dagster as dg
 import duckdb
 from dagster_dbt import DbtProject
 
-from ml_platform.defs import build_resources
+from ml_platform.defs.definitions import build_resources
 from ml_platform.defs.features.assets import DBT_PROJECT_DIR, build_feature_assets
 from ml_platform.defs.ingestion.assets import build_ingestion_assets
 from ml_platform.resources.dbt_runner import DbtRunnerResource

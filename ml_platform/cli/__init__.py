@@ -209,11 +209,11 @@ def champion() -> None:
 
     Example: ml-platform champion
     """
-    from ml_platform.defs import build_resources
+    from ml_platform.lib.mlflow_store import MlflowStore
 
     settings = Settings.from_env()
     config = load_platform_config(settings)
-    tracking = build_resources(config, settings)["mlflow"].process_config_and_initialize().store
+    tracking = MlflowStore(settings.tracking_uri_for(config), config.tracking.experiment_name)
     name = config.promotion.registered_model_name
     version = tracking.champion_version(name)
     if version is None:

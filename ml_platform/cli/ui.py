@@ -71,7 +71,7 @@ def ui(
     """
     settings = Settings.from_env()
     config = load_platform_config(settings)
-    tracking_uri = config.tracking.tracking_uri or settings.tracking_uri
+    tracking_uri = settings.tracking_uri_for(config)
     remote_mlflow = tracking_uri.startswith(("http://", "https://"))
 
     ports = (
@@ -96,7 +96,7 @@ def ui(
         try:
             servers.append(start_dagster(settings, dagster_port, env))
             if not remote_mlflow:
-                artifacts = config.tracking.artifact_location or settings.artifact_location(tracking_uri)
+                artifacts = settings.artifact_location_for(config)
                 servers.append(start_mlflow(settings, tracking_uri, artifacts, mlflow_port, env))
             logs = ", ".join(str(server.log) for server in servers)
             say(f"starting {' and '.join(server.name for server in servers)} (logs: {logs}) ...")

@@ -64,6 +64,14 @@ class Settings:
         """MLFLOW_TRACKING_URI when set, else the embedded store."""
         return os.environ.get("MLFLOW_TRACKING_URI") or self.local_tracking_uri
 
+    def tracking_uri_for(self, config: PlatformConfig) -> str:
+        """The store `config` tracks to: its own tracking URI, else MLFLOW_TRACKING_URI, else the embedded one."""
+        return config.tracking.tracking_uri or self.tracking_uri
+
+    def artifact_location_for(self, config: PlatformConfig) -> str | None:
+        """Where `config`'s new experiments keep artifacts: its own location, else the default for its store."""
+        return config.tracking.artifact_location or self.artifact_location(self.tracking_uri_for(config))
+
     def artifact_location(self, tracking_uri: str) -> str | None:
         """Where new experiments keep artifacts: a tracking server's own default, and the project's
         `mlflow/artifacts/` for a database store (MLflow would otherwise use `./mlruns`)."""

@@ -10,8 +10,9 @@ import dagster as dg
 from ml_platform.defs.automation.sensors import TRIGGER_TAG
 from ml_platform.defs.automation.staleness import STALE_REASON_TAG, describe_reasons, reasons_to_run
 from ml_platform.defs.evaluation.backtest import plan_backtest
-from ml_platform.defs.experiments.jobs import EXPERIMENT_ID_TAG, experiment_run_config
+from ml_platform.defs.experiments.jobs import experiment_run_config
 from ml_platform.defs.partitions import batch_partitions, batches_with
+from ml_platform.defs.tags import EXPERIMENT_ID_TAG, PARTITION_TAG
 from ml_platform.lib.batches import batch_file
 from ml_platform.lib.config import ConfigError, ExperimentConfig, PlatformConfig, ScheduleSpec, fingerprint
 from ml_platform.lib.settings import Settings
@@ -123,7 +124,7 @@ def _stale_batches_schedule(
         requests, up_to_date, busy = [], [], []
         for batch in batches:
             if instance.get_run_records(
-                dg.RunsFilter(statuses=ACTIVE_STATUSES, tags={"dagster/partition": batch}), limit=1
+                dg.RunsFilter(statuses=ACTIVE_STATUSES, tags={PARTITION_TAG: batch}), limit=1
             ):
                 busy.append(batch)
                 continue

@@ -22,9 +22,6 @@ from ml_platform.lib.training import fit_model
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
 from ml_platform.resources.warehouse import WarehouseResource
 
-# The Dagster run tag that ties a run to its experiment (`ml-platform experiment status` reads it).
-EXPERIMENT_ID_TAG = "ml_platform/experiment_id"
-
 
 class ExperimentRunConfig(dg.Config):
     experiment_id: str = Field(description="The experiment's id (its MLflow experiment id).")

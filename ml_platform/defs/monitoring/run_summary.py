@@ -17,9 +17,9 @@ from typing import Any
 
 import dagster as dg
 
-from ml_platform.defs.experiments.jobs import EXPERIMENT_ID_TAG
 from ml_platform.defs.partitions import batch_partitions
 from ml_platform.defs.runs import step_error
+from ml_platform.defs.tags import EXPERIMENT_ID_TAG, PARTITION_TAG
 from ml_platform.lib.notifications import first_lines
 from ml_platform.lib.run_summary import (
     ERROR_LINES,
@@ -32,7 +32,6 @@ from ml_platform.lib.run_summary import (
     trigger_tags,
 )
 
-PARTITION_TAG = "dagster/partition"
 CHAMPION_KEY = dg.AssetKey("champion_model")
 REPORT_KEY = dg.AssetKey("evaluation_report")
 MODEL_SUFFIX = "_model"

@@ -6,6 +6,7 @@ import dagster as dg
 
 from ml_platform.defs.monitoring.run_summary import load_run_summary, write_run_summary
 from ml_platform.defs.runs import step_error
+from ml_platform.defs.tags import PARTITION_TAG
 from ml_platform.lib.config import PlatformConfig
 from ml_platform.lib.notifications import Notification
 from ml_platform.lib.settings import Settings
@@ -129,7 +130,7 @@ def _run_info(run: dg.DagsterRun, notifier: NotifierResource) -> RunInfo:
     return RunInfo(
         run_id=run.run_id,
         job_name=run.job_name,
-        partition=run.tags.get("dagster/partition"),
+        partition=run.tags.get(PARTITION_TAG),
         tags=dict(run.tags),
         url=notifier.run_url(run.run_id),
     )

@@ -1,5 +1,6 @@
 """Training: the seeded train/test split and one model asset per configured algorithm."""
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,21 +148,26 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
             tags={**run_tags(context), "model_name": name, "dagster.asset_key": context.asset_key.to_user_string()},
         )
         context.log.info(f"{name}: {metrics} (MLflow run {run_id})")
-        return dg.Output(
-            TrainedCandidate(name, spec.type, fitted.params, metrics, run_id, model_uri),
-            metadata={
-                **{metric: dg.MetadataValue.float(value) for metric, value in metrics.items()},
-                "fit_seconds": fitted.fit_seconds,
-                "mlflow_run_id": run_id,
-                "model_uri": model_uri,
-                "mlflow_run": dg.MetadataValue.url(mlflow.store.run_url(run_id)),
-            },
-            # Params given at launch change the model without changing the code version: the data
-            # version says what this model was really built from, so its dependents see the change.
-            data_version=dg.DataVersion(
-                fingerprint({"code": model_code_version, "params": fitted.params, "data": training_data.data_hash})
-            ),
-        )
+        with warnings.catch_warnings():
+            # `data_version` is beta in Dagster 1.13 and used here knowingly (see below); its warning
+            # would print once per model on every `ml-platform run` and say nothing a user can act on.
+            warnings.simplefilter("ignore", dg.BetaWarning)
+            output = dg.Output(
+                TrainedCandidate(name, spec.type, fitted.params, metrics, run_id, model_uri),
+                metadata={
+                    **{metric: dg.MetadataValue.float(value) for metric, value in metrics.items()},
+                    "fit_seconds": fitted.fit_seconds,
+                    "mlflow_run_id": run_id,
+                    "model_uri": model_uri,
+                    "mlflow_run": dg.MetadataValue.url(mlflow.store.run_url(run_id)),
+                },
+                # Params given at launch change the model without changing the code version: the data
+                # version says what this model was really built from, so its dependents see the change.
+                data_version=dg.DataVersion(
+                    fingerprint({"code": model_code_version, "params": fitted.params, "data": training_data.data_hash})
+                ),
+            )
+        return output
 
     return model_asset
 
