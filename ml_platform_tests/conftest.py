@@ -7,8 +7,13 @@ project's own state and can run in any order.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +30,8 @@ from ml_platform.lib.config import PlatformConfig, load_config
 from ml_platform.lib.demo_data import write_demo_batches
 from ml_platform.lib.settings import DEFAULT_CONFIG_PATH, PROJECT_ROOT, Settings
 from ml_platform_tests.servers import RecordingHTTPServer, http_servers
+
+ML_PLATFORM = str(Path(sys.executable).parent / "ml-platform")
 
 
 def small_config(**changes) -> PlatformConfig:
@@ -58,6 +65,65 @@ def subprocess_environment(directory: Path, config: PlatformConfig, platform_hom
         "ML_PLATFORM_CONFIG": str(config_path),
         "DAGSTER_HOME": str(dagster_home),
     }
+
+
+@dataclass(frozen=True)
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+class Cli:
+    """`ml-platform` in one home (ML_PLATFORM_HOME, DAGSTER_HOME, a SQLite MLflow store), on `small_config`.
+
+    Calling it runs a command in this process through typer's CliRunner: the same code and exit codes
+    at a fraction of a subprocess's start-up (seconds of imports each). `installed(...)` runs the
+    console script itself, for what is about the entry point: its environment, its real stdout and stderr.
+    """
+
+    def __init__(self, root: Path, config: PlatformConfig | None = None):
+        root.mkdir(parents=True, exist_ok=True)
+        config_path = root / "platform.yaml"
+        config_path.write_text(yaml.safe_dump((config or small_config()).model_dump(mode="json")))
+        self.root = root
+        self.home = root / "home"
+        self.overrides = {
+            "ML_PLATFORM_HOME": str(self.home),
+            "ML_PLATFORM_CONFIG": str(config_path),
+            "DAGSTER_HOME": str(root / "dagster_home"),
+            "COLUMNS": "250",
+        }
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment of `installed` commands: this process's, with the home's settings."""
+        inherited = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+        return {**inherited, **self.overrides}
+
+    def __call__(self, *args: str, exit_code: int = 0) -> CliResult:
+        from typer.testing import CliRunner
+
+        from ml_platform.cli import app
+
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            monkeypatch.chdir(self.root)  # as `installed` runs: a stray relative path lands in the test's folder
+            monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+            result = CliRunner().invoke(app, list(args), env=self.overrides, catch_exceptions=False)
+        outcome = CliResult(result.exit_code, result.stdout, result.stderr)
+        assert outcome.exit_code == exit_code, f"exit {outcome.exit_code}\n{outcome.stdout}\n{outcome.stderr}"
+        return outcome
+
+    def installed(self, *args: str, exit_code: int = 0) -> CliResult:
+        result = subprocess.run(
+            [ML_PLATFORM, *args], env=self.env, cwd=self.root, capture_output=True, text=True, timeout=600
+        )
+        outcome = CliResult(result.returncode, result.stdout, result.stderr)
+        assert outcome.exit_code == exit_code, f"exit {outcome.exit_code}\n{outcome.stdout}\n{outcome.stderr}"
+        return outcome
+
+    def json(self, *args: str):
+        return json.loads(self(*args, "--json").stdout)
 
 
 def overlapping_entries(lock: Callable[[], AbstractContextManager], threads: int = 4) -> int:
@@ -121,25 +187,93 @@ class PlatformUnderTest:
         return build_resources(config or self.config, self.settings)["mlflow"].process_config_and_initialize().store
 
 
+@pytest.fixture(scope="session")
+def empty_mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated, empty MLflow SQLite store: migrating one takes seconds, a copy starts each platform's."""
+    from mlflow import MlflowClient
+
+    folder = tmp_path_factory.mktemp("empty-mlflow")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.chdir(folder)  # MLflow's own "Default" experiment keeps artifacts under ./mlruns
+        MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
+    return folder / "mlflow.db"
+
+
 @pytest.fixture
-def platform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PlatformUnderTest]:
-    yield from _platform(tmp_path, monkeypatch, small_config())
+def platform(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_mlflow_store: Path) -> Iterator[PlatformUnderTest]:
+    yield from _platform(tmp_path, monkeypatch, small_config(), empty_mlflow_store)
 
 
 @pytest.fixture(scope="module")
-def module_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PlatformUnderTest]:
+def module_platform(tmp_path_factory: pytest.TempPathFactory, empty_mlflow_store: Path) -> Iterator[PlatformUnderTest]:
     """One platform for a module whose tests read the results of the same runs."""
     with pytest.MonkeyPatch.context() as monkeypatch:
-        yield from _platform(tmp_path_factory.mktemp("platform"), monkeypatch, small_config())
+        yield from _platform(tmp_path_factory.mktemp("platform"), monkeypatch, small_config(), empty_mlflow_store)
 
 
-def _platform(home: Path, monkeypatch: pytest.MonkeyPatch, config: PlatformConfig) -> Iterator[PlatformUnderTest]:
+@dataclass(frozen=True)
+class PreparedHome:
+    """A home with two demo batches (1,500 rows, drift 0.03) through the whole pipeline on `small_config`:
+    batch_0001 crowned the first champion, batch_0002 was compared with it. `results` are the two runs."""
+
+    home: Path
+    results: dict[str, dg.ExecuteInProcessResult]
+
+
+@pytest.fixture(scope="session")
+def prepared_home(tmp_path_factory: pytest.TempPathFactory, empty_mlflow_store: Path) -> PreparedHome:
+    """Built once per test session; tests get copies of it (`two_batches`), which cost a file copy, not two runs."""
+    home = tmp_path_factory.mktemp("prepared-home")
+    with pytest.MonkeyPatch.context() as monkeypatch, set_defs_state_storage(None):
+        for platform in _platform(home, monkeypatch, small_config(), empty_mlflow_store):
+            results = {batch: platform.materialize(batch) for batch in platform.write_batches(2, rows=1500, drift=0.03)}
+    assert all(result.success for result in results.values()), results
+    return PreparedHome(home, results)
+
+
+def copy_home(source: Path, target: Path) -> Path:
+    """A copy of a platform's home that refers only to itself: absolute paths inside its SQLite
+    databases (MLflow's artifact locations, paths in Dagster's event metadata) move to `target`."""
+    shutil.copytree(source, target, symlinks=True)
+    for database in target.rglob("*.db"):
+        with contextlib.closing(sqlite3.connect(database)) as connection, connection:
+            tables = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+            for (table,) in tables:
+                for column in connection.execute(f'PRAGMA table_info("{table}")').fetchall():
+                    connection.execute(
+                        f'UPDATE "{table}" SET "{column[1]}" = replace("{column[1]}", ?, ?) '
+                        f'WHERE typeof("{column[1]}") = \'text\' AND instr("{column[1]}", ?) > 0',
+                        (f"{source}/", f"{target}/", f"{source}/"),
+                    )
+    return target
+
+
+@pytest.fixture
+def two_batches(prepared_home: PreparedHome, tmp_path: Path, monkeypatch) -> Iterator[PlatformUnderTest]:
+    """A copy of the prepared home: two batches through the pipeline, a champion, for this test alone."""
+    yield from _platform(copy_home(prepared_home.home, tmp_path / "home"), monkeypatch, small_config())
+
+
+@pytest.fixture(scope="module")
+def module_two_batches(prepared_home: PreparedHome, tmp_path_factory: pytest.TempPathFactory):
+    """A copy of the prepared home shared by a module's tests."""
+    home = copy_home(prepared_home.home, tmp_path_factory.mktemp("two-batches") / "home")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        yield from _platform(home, monkeypatch, small_config())
+
+
+def _platform(
+    home: Path, monkeypatch: pytest.MonkeyPatch, config: PlatformConfig, empty_mlflow_store: Path | None = None
+) -> Iterator[PlatformUnderTest]:
     monkeypatch.setenv("ML_PLATFORM_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("ML_PLATFORM_CONFIG", raising=False)
     settings = Settings(home=home, config_path=DEFAULT_CONFIG_PATH)
     (home / "dagster_home").mkdir(parents=True, exist_ok=True)
+    if empty_mlflow_store is not None:
+        settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(empty_mlflow_store, settings.mlflow_dir / "mlflow.db")
     with dg.instance_for_test(temp_dir=str(home / "dagster_home")) as instance:
         yield PlatformUnderTest(settings, config, instance)
 

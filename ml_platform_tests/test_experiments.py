@@ -23,12 +23,10 @@ def experiment_config(*overrides: str):
 
 
 @pytest.fixture(scope="module")
-def pipeline(module_platform: PlatformUnderTest) -> PlatformUnderTest:
+def pipeline(module_two_batches: PlatformUnderTest) -> PlatformUnderTest:
     """Two batches through the pipeline (features built, a champion registered), a third only added."""
-    for batch_id in module_platform.write_batches(2, rows=1500):
-        assert module_platform.materialize(batch_id).success
-    module_platform.write_batches(1, rows=1500, first=3)
-    return module_platform
+    module_two_batches.write_batches(1, rows=1500, first=3)
+    return module_two_batches
 
 
 @pytest.fixture(scope="module")

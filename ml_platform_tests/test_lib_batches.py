@@ -8,7 +8,6 @@ from ml_platform.lib.batches import (
     InvalidBatchIdError,
     batch_file,
     batches_up_to,
-    discover_batches,
     validate_batch_id,
 )
 
@@ -50,38 +49,6 @@ def test_batch_file_is_the_id_with_the_format_extension(tmp_path):
 def test_batch_file_refuses_an_id_that_escapes_the_directory(tmp_path):
     with pytest.raises(InvalidBatchIdError):
         batch_file(tmp_path, "../outside", "csv")
-
-
-def test_discover_batches_skips_partial_hidden_foreign_and_invalid_files_in_name_order(tmp_path):
-    for name in [
-        "batch_0003.csv",
-        "batch_0001.csv",
-        "2024-01-05.csv",
-        "batch_0002.csv",
-        ".batch_0004.csv.partial",
-        ".batch_0005.csv",
-        "batch_0006.parquet",
-        "notes.txt",
-        "bad name.csv",
-        "batch..7.csv",
-    ]:
-        (tmp_path / name).write_text("x\n")
-
-    found = discover_batches(tmp_path, "csv")
-
-    assert list(found) == ["2024-01-05", "batch_0001", "batch_0002", "batch_0003"]
-    assert found["batch_0002"] == tmp_path / "batch_0002.csv"
-
-
-def test_discover_batches_finds_only_the_configured_format(tmp_path):
-    (tmp_path / "batch_0001.csv").write_text("x\n")
-    (tmp_path / "batch_0002.parquet").write_bytes(b"PAR1")
-
-    assert list(discover_batches(tmp_path, "parquet")) == ["batch_0002"]
-
-
-def test_discover_batches_in_an_empty_directory_finds_nothing(tmp_path):
-    assert discover_batches(tmp_path, "csv") == {}
 
 
 def test_cumulative_window_takes_earlier_ready_batches_in_order_then_the_current_one():

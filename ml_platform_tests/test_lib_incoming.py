@@ -2,7 +2,14 @@
 
 import os
 
-from ml_platform.lib.incoming import IncomingCursor, IncomingFile, list_incoming, plan_incoming
+from ml_platform.lib.incoming import (
+    IncomingCursor,
+    IncomingFile,
+    ScannedFolder,
+    list_incoming,
+    plan_incoming,
+    scan_incoming,
+)
 
 NOW = 1_000_000 * 10**9
 SETTLED = NOW - 60 * 10**9
@@ -110,3 +117,53 @@ def test_listing_reads_names_sizes_and_times_and_ignores_folders(tmp_path):
     os.utime(tmp_path / "batch_0001.csv", ns=(SETTLED, SETTLED))
     assert list_incoming(tmp_path) == [IncomingFile("batch_0001.csv", 8, SETTLED)]
     assert list_incoming(tmp_path / "missing") == []
+
+
+# ---------------------------------------------------------------- `batches scan`
+
+
+def test_a_scan_finds_batch_files_in_name_order_and_says_why_it_skipped_the_rest(tmp_path):
+    for name in [
+        "batch_0003.csv",
+        "batch_0001.csv",
+        "2024-01-05.csv",
+        "batch_0002.csv",
+        ".batch_0004.csv.partial",
+        ".batch_0005.csv",
+        "batch_0006.parquet",
+        "notes.txt",
+        "bad name.csv",
+        "batch..7.csv",
+        "upload.csv.part",
+    ]:
+        (tmp_path / name).write_text("x\n")
+    (tmp_path / "batch_0008.csv").write_text("")
+
+    scanned = scan_incoming(tmp_path, "csv")
+
+    assert list(scanned.batches) == ["2024-01-05", "batch_0001", "batch_0002", "batch_0003"]
+    assert scanned.batches["batch_0002"] == tmp_path / "batch_0002.csv"
+    assert scanned.skipped == {
+        ".batch_0004.csv.partial": "temporary name: still being written",
+        ".batch_0005.csv": "temporary name: still being written",
+        "bad name.csv": scanned.skipped["bad name.csv"],
+        "batch..7.csv": scanned.skipped["batch..7.csv"],
+        "batch_0006.parquet": "not a .csv file: batch files are named <batch id>.csv",
+        "batch_0008.csv": "empty: still being written",
+        "notes.txt": "not a .csv file: batch files are named <batch id>.csv",
+        "upload.csv.part": "temporary name: still being written",
+    }
+    assert scanned.skipped["bad name.csv"].startswith("invalid batch id 'bad name'")
+    assert "without '..'" in scanned.skipped["batch..7.csv"]
+
+
+def test_a_scan_finds_only_the_configured_format(tmp_path):
+    (tmp_path / "batch_0001.csv").write_text("x\n")
+    (tmp_path / "batch_0002.parquet").write_bytes(b"PAR1")
+
+    assert list(scan_incoming(tmp_path, "parquet").batches) == ["batch_0002"]
+
+
+def test_a_scan_of_an_empty_or_missing_folder_finds_nothing(tmp_path):
+    assert scan_incoming(tmp_path, "csv") == ScannedFolder({}, {})
+    assert scan_incoming(tmp_path / "absent", "csv") == ScannedFolder({}, {})

@@ -18,8 +18,7 @@ from ml_platform.defs.monitoring.run_summary import (
 )
 from ml_platform.defs.tags import EXPERIMENT_ID_TAG
 from ml_platform.lib.run_summary import RunSummary
-from ml_platform_tests.conftest import PlatformUnderTest
-from ml_platform_tests.test_cli_experiments import Cli
+from ml_platform_tests.conftest import Cli, PlatformUnderTest, PreparedHome
 from ml_platform_tests.test_defs_bad_input import missing_column
 
 BAD_BATCH = "bad_missing_column"
@@ -34,12 +33,11 @@ class Runs:
 
 
 @pytest.fixture(scope="module")
-def runs(module_platform: PlatformUnderTest) -> Runs:
+def runs(module_two_batches: PlatformUnderTest, prepared_home: PreparedHome) -> Runs:
     """Two good batches through the pipeline, a batch that fails at ingestion, and (last) an
     experiment's run on the second batch, which is no pipeline run of it."""
-    batches = module_platform.write_batches(2, rows=2000)
-    good = {batch: module_platform.materialize(batch) for batch in batches}
-    assert all(result.success for result in good.values())
+    module_platform, good = module_two_batches, prepared_home.results
+    batches = list(good)
     module_platform.add_batch_file(BAD_BATCH, missing_column())
     failed = module_platform.materialize(BAD_BATCH, raise_on_error=False)
     assert not failed.success
@@ -153,12 +151,17 @@ def test_batch_history_lists_the_batches_in_order_with_last_run_and_decision(run
     assert history[2]["winner"] is None and history[2]["champion"] is None
 
 
-def test_status_json_has_the_batches_and_the_latest_runs(runs: Runs, tmp_path):
+@pytest.fixture
+def cli(runs: Runs, tmp_path) -> Cli:
+    """`ml-platform` on the module's home and instance."""
     cli = Cli(tmp_path)
-    cli.env.update(
+    cli.overrides.update(
         ML_PLATFORM_HOME=str(runs.platform.settings.home), DAGSTER_HOME=str(runs.platform.instance.root_directory)
     )
+    return cli
 
+
+def test_status_json_has_the_batches_and_the_latest_runs(runs: Runs, cli: Cli):
     report = cli.json("status", "--runs", "2")
 
     assert [entry["batch"] for entry in report["batches"]] == ["batch_0001", "batch_0002", BAD_BATCH]
@@ -166,6 +169,13 @@ def test_status_json_has_the_batches_and_the_latest_runs(runs: Runs, tmp_path):
     assert report["runs"][0]["status"] == "FAILURE" and report["runs"][1]["winner"]
     table = cli("status", "--runs", "1").stdout
     assert "batch_0002" in table and "champion" in table and "step raw_batch" in table
+
+
+def test_status_without_run_summaries_lists_the_batches_and_claims_nothing_about_runs(cli: Cli):
+    output = cli("status", "--runs", "0").stdout
+
+    assert "batch_0002" in output and BAD_BATCH in output
+    assert "no pipeline runs" not in output
 
 
 def test_status_in_a_fresh_home_says_how_to_add_batches(tmp_path):

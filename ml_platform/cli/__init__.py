@@ -35,6 +35,15 @@ app.command("status")(status)
 app.command("ui")(ui)
 
 
+@app.callback()
+def _bind_console() -> None:
+    """Every command prints to the stdout it was started with. The console is made on import, and a
+    caller that runs commands in its own process (typer's CliRunner in the tests) swaps stdout later."""
+    console.file = sys.stdout
+    if (columns := os.environ.get("COLUMNS", "")).isdigit():
+        console.width = int(columns)
+
+
 @app.command("demo-data")
 def demo_data(
     batches: Annotated[int, typer.Option(min=1, help="How many batch files to write.")] = 3,
@@ -70,17 +79,22 @@ def batches_scan() -> None:
     Example: ml-platform batches scan
     """
     from ml_platform.defs.partitions import batch_partitions
-    from ml_platform.lib.batches import discover_batches
+    from ml_platform.lib.incoming import scan_incoming
 
     settings = Settings.from_env()
     config = load_platform_config(settings)
     incoming = settings.incoming_dir(config)
-    found = discover_batches(incoming, config.data.file_format)
+    scanned = scan_incoming(incoming, config.data.file_format)
     instance = dagster_instance(settings)
     known = set(instance.get_dynamic_partitions(batch_partitions.name))
-    new = [batch_id for batch_id in found if batch_id not in known]
+    new = [batch_id for batch_id in scanned.batches if batch_id not in known]
     instance.add_dynamic_partitions(batch_partitions.name, new)
-    console.print(f"{len(found)} batch file(s) in {incoming}; added {len(new)} partition(s): {', '.join(new) or '-'}")
+    console.print(
+        f"{len(scanned.batches)} batch file(s) in {incoming}; added {len(new)} partition(s): {', '.join(new) or '-'}",
+        soft_wrap=True,
+    )
+    for name, reason in scanned.skipped.items():
+        console.print(f"skipped {name}: {reason}", soft_wrap=True, highlight=False, markup=False)
 
 
 @batches_app.command("add")
@@ -143,6 +157,7 @@ def run(
 
     Example: ml-platform run batch_0001   |   ml-platform run --all --only-stale
     """
+    from ml_platform.cli.progress import run_progress
     from ml_platform.defs.partitions import batch_partitions
     from ml_platform.defs.runs import first_failure
 
@@ -183,16 +198,19 @@ def run(
                 continue
             console.print(f"{batch_id}: running {len(reasons)} asset(s)\n{describe_reasons(reasons)}")
             selection, tags = list(reasons), {STALE_REASON_TAG: describe_reasons(reasons)[:1000]}
+        steps = len((job.get_subset(asset_selection=set(selection)) if selection else job).nodes)
         quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-        with console.status(f"running batch_pipeline for {batch_id} ..."), quiet:
+        with run_progress(instance, f"batch_pipeline for {batch_id}", steps) as run_id, quiet:
             result = job.execute_in_process(
                 instance=instance,
                 partition_key=batch_id,
                 raise_on_error=False,
                 asset_selection=selection,
+                run_id=run_id,
                 tags=tags,
-                # The full event log goes to the instance (the UI shows it); the console gets warnings.
-                run_config={"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "WARNING"}}}},
+                # The full event log, tracebacks included, goes to the instance (the UI shows it) and,
+                # with --verbose, to the terminal; otherwise a failure is the one line printed below.
+                run_config={"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "CRITICAL"}}}},
             )
         if result.success:
             console.print(f"[green]ok[/] {batch_id} (run {result.run_id})")
@@ -200,7 +218,11 @@ def run(
             failed.append(batch_id)
             console.print(f"[red]failed[/] {batch_id} (run {result.run_id}): {first_failure(result)}")
     if failed:
-        fail(f"{len(failed)} of {len(targets)} batch run(s) failed: {', '.join(failed)}")
+        more = "" if verbose else "; --verbose prints their logs and tracebacks"
+        fail(
+            f"{len(failed)} of {len(targets)} batch run(s) failed: {', '.join(failed)} "
+            f"(each run's full log: the Dagster UI, `make ui`{more})"
+        )
 
 
 @app.command("champion")

@@ -47,7 +47,8 @@ def status(
         return
     print_table("batches", *history_table(history))
     if not summaries:
-        console.print("no pipeline runs yet: ml-platform run --all")
+        if runs > 0:  # `--runs 0` asked for no run summaries, which says nothing about whether there are runs
+            console.print("no pipeline runs yet: ml-platform run --all")
         return
     for summary in summaries:
         console.print()

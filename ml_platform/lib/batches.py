@@ -31,23 +31,6 @@ def batch_file(incoming_dir: Path, batch_id: str, file_format: str) -> Path:
     return incoming_dir / f"{validate_batch_id(batch_id)}.{file_format}"
 
 
-def discover_batches(incoming_dir: Path, file_format: str) -> dict[str, Path]:
-    """Batch files waiting in `incoming_dir`, by batch id, in name order.
-
-    Hidden files (a writer's `.batch_0003.csv.partial`) and names that are not valid batch ids
-    are left out.
-    """
-    found = {}
-    for path in sorted(incoming_dir.glob(f"*.{file_format}")):
-        if path.name.startswith("."):
-            continue
-        try:
-            found[validate_batch_id(path.stem)] = path
-        except InvalidBatchIdError:
-            continue
-    return found
-
-
 def batches_up_to(ordered_batches: list[str], current: str, ready: set[str]) -> list[str]:
     """The cumulative training window: every earlier batch whose features are built, then `current`.
 

@@ -16,6 +16,8 @@ from ml_platform.lib.batches import InvalidBatchIdError, validate_batch_id
 
 # Names writers and downloaders give a file before it is complete (rsync, browsers, curl -o x.part).
 TEMPORARY_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".crdownload", ".filepart", ".download")
+TEMPORARY = "temporary name: still being written"
+EMPTY = "empty: still being written"
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,8 @@ def plan_incoming(
     unchanged = 0
     suffix = f".{file_format}"
     for file in files:
-        if file.name.startswith(".") or file.name.lower().endswith(TEMPORARY_SUFFIXES):
-            waiting[file.name] = "temporary name: still being written"
+        if is_temporary(file.name):
+            waiting[file.name] = TEMPORARY
             continue
         reason = _refusal(file.name, suffix)
         if reason:
@@ -131,7 +133,7 @@ def plan_incoming(
             unchanged += 1
             continue
         if file.size == 0:
-            waiting[file.name] = "empty: still being written"
+            waiting[file.name] = EMPTY
             continue
         age_seconds = (now_ns - file.mtime_ns) / 1e9
         if age_seconds < settle_seconds:
@@ -150,6 +152,36 @@ def plan_incoming(
         processed[file.name] = file.fingerprint
     next_cursor = IncomingCursor(processed=processed, refused=sorted(refused_before | set(refused)))
     return IncomingPlan(ready, waiting, refused, deferred, already_run, unchanged, next_cursor)
+
+
+@dataclass(frozen=True)
+class ScannedFolder:
+    batches: dict[str, Path]  # batch id -> file, in name order
+    skipped: dict[str, str]  # file name -> why it is not a batch (yet)
+
+
+def scan_incoming(incoming_dir: Path, file_format: str) -> ScannedFolder:
+    """The batch files in the folder and, for every other file, why it is not one.
+
+    The sensor's rules for names, temporary and empty files, without its settle time: a person who
+    runs `ml-platform batches scan` has finished writing the files.
+    """
+    batches: dict[str, Path] = {}
+    skipped: dict[str, str] = {}
+    suffix = f".{file_format}"
+    for file in list_incoming(incoming_dir):
+        if reason := TEMPORARY if is_temporary(file.name) else _refusal(file.name, suffix):
+            skipped[file.name] = reason
+        elif file.size == 0:
+            skipped[file.name] = EMPTY
+        else:
+            batches[file.name[: -len(suffix)]] = incoming_dir / file.name
+    return ScannedFolder(batches, skipped)
+
+
+def is_temporary(name: str) -> bool:
+    """A hidden name or a writer's temporary suffix: the file is not complete yet."""
+    return name.startswith(".") or name.lower().endswith(TEMPORARY_SUFFIXES)
 
 
 def _refusal(name: str, suffix: str) -> str | None:

@@ -1,0 +1,51 @@
+"""A run's progress on the terminal while it executes in this process: which step, how many done.
+
+The run executes in the main thread (dbt and Dagster expect it); a background thread reads the run's
+step stats from the instance every half second and updates rich's status line. Rich draws it on a
+terminal only, so pipes and captured output get none of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from collections.abc import Iterator
+
+from dagster import DagsterRunStatus
+
+from ml_platform.cli.common import console
+
+POLL_SECONDS = 0.5
+
+
+def describe_progress(label: str, total_steps: int, step_stats) -> str:
+    """`label: 3/8 steps done, running random_forest_model, gradient_boosting_model`."""
+    done = [step.step_key for step in step_stats if step.end_time is not None]
+    running = [step.step_key for step in step_stats if step.end_time is None]
+    total = max(total_steps, len(step_stats))
+    line = f"{label}: {len(done)}/{total} steps done"
+    return f"{line}, running {', '.join(running)}" if running else line
+
+
+@contextlib.contextmanager
+def run_progress(instance, label: str, total_steps: int) -> Iterator[str]:
+    """Show the progress of the run whose id this yields (pass it to `execute_in_process(run_id=...)`)."""
+    run_id = str(uuid.uuid4())
+    finished = threading.Event()
+    with console.status(f"{label} ...") as status:
+
+        def poll() -> None:
+            while not finished.wait(POLL_SECONDS):
+                # Until the run has started its event log does not exist; reading it would create it.
+                run = instance.get_run_by_id(run_id)
+                if run is not None and run.status not in (DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING):
+                    status.update(describe_progress(label, total_steps, instance.get_run_step_stats(run_id)))
+
+        poller = threading.Thread(target=poll, name="run-progress", daemon=True)
+        poller.start()
+        try:
+            yield run_id
+        finally:
+            finished.set()
+            poller.join()
