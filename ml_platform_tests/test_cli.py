@@ -1,46 +1,22 @@
-"""The `ml-platform` command through its installed entry point, against temporary homes."""
+"""The `ml-platform` command against temporary homes: in this process for its answers and mistakes,
+through the installed entry point for what a person at the terminal sees of a run."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from ml_platform.lib.settings import PROJECT_ROOT
-from ml_platform_tests.conftest import small_config
-
-ML_PLATFORM = str(Path(sys.executable).parent / "ml-platform")
+from ml_platform_tests.conftest import Cli, small_config
 
 
 @pytest.fixture
-def cli(tmp_path: Path):
-    config_path = tmp_path / "platform.yaml"
-    config_path.write_text(yaml.safe_dump(small_config().model_dump(mode="json")))
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
-        "ML_PLATFORM_HOME": str(tmp_path / "home"),
-        "ML_PLATFORM_CONFIG": str(config_path),
-        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
-        "COLUMNS": "200",
-    }
-
-    def run(*args: str, check_exit: int | None = 0) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [ML_PLATFORM, *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
-        )
-        if check_exit is not None:
-            assert result.returncode == check_exit, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-        return result
-
-    run.home = tmp_path / "home"
-    run.env = env
-    return run
+def cli(tmp_path: Path) -> Cli:
+    return Cli(tmp_path)
 
 
 def test_demo_session_adds_batches_runs_them_and_shows_the_champion(cli):
@@ -52,27 +28,55 @@ def test_demo_session_adds_batches_runs_them_and_shows_the_champion(cli):
     assert "added 2 partition(s): batch_0001, batch_0002" in scanned.stdout
     assert "added 0 partition(s)" in cli("batches", "scan").stdout  # scanning twice adds nothing
 
-    ran = cli("run", "--all")
+    ran = cli.installed("run", "--all")
     assert "ok batch_0001" in ran.stdout and "ok batch_0002" in ran.stdout
-    assert (Path(cli.env["DAGSTER_HOME"]) / "dagster.yaml").exists()
+    assert ran.stderr == ""  # no library warning reaches the terminal
+    assert (Path(cli.overrides["DAGSTER_HOME"]) / "dagster.yaml").exists()
 
     listed = cli("batches", "list").stdout
     assert "batch_0001" in listed and "yes" in listed
 
-    champion = cli("champion").stdout
+    champion = cli.installed("champion").stdout
     assert "churn_classifier" in champion and "@champion" in champion
     assert "roc_auc" in champion and "why:" in champion
 
 
-def test_failed_run_exits_non_zero_with_the_reason(cli):
+def test_a_failed_run_is_one_line_on_stderr_and_its_reason_on_stdout(cli):
+    cli("demo-data", "--batches", "1", "--rows", "1000")
+    (cli.home / "data" / "incoming" / "batch_0002.csv").write_text("customer_id,churned\nc1,0\n")
+    cli("batches", "scan")
+
+    result = cli.installed("run", "batch_0002", exit_code=2)
+
+    assert "failed batch_0002" in result.stdout and "missing column(s)" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert "1 of 1 batch run(s) failed: batch_0002" in line and "--verbose" in line
+
+
+def test_a_verbose_failed_run_prints_the_steps_logs_and_traceback(cli):
+    cli("demo-data", "--batches", "1", "--rows", "1000")
+    (cli.home / "data" / "incoming" / "batch_0001.csv").write_text("customer_id,churned\nc1,0\n")
+    cli("batches", "scan")
+
+    result = cli("run", "batch_0001", "--verbose", exit_code=2)
+
+    assert "STEP_FAILURE" in result.stderr and "Stack Trace:" in result.stderr
+    assert "BatchValidationError" in result.stderr
+    assert "--verbose" not in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_scan_names_each_file_it_skipped_and_why(cli):
     cli("demo-data", "--batches", "1", "--rows", "1000")
     incoming = cli.home / "data" / "incoming"
-    (incoming / "batch_0002.csv").write_text("customer_id,churned\nc1,0\n")
-    cli("batches", "scan")
-    result = cli("run", "batch_0002", check_exit=2)
-    assert "failed batch_0002" in result.stdout
-    assert "missing column(s)" in result.stdout
-    assert "1 of 1 batch run(s) failed" in result.stderr
+    (incoming / "notes.txt").write_text("not a batch")
+    (incoming / "batch_0002.csv.part").write_text("customer_id\n")
+
+    output = cli("batches", "scan").stdout
+
+    assert "added 1 partition(s): batch_0001" in output
+    assert "skipped batch_0002.csv.part: temporary name: still being written" in output
+    assert "skipped notes.txt: not a .csv file" in output
 
 
 @pytest.mark.parametrize(
@@ -87,18 +91,19 @@ def test_failed_run_exits_non_zero_with_the_reason(cli):
     ],
 )
 def test_mistakes_get_one_clear_line_and_exit_2(cli, args, message):
-    result = cli(*args, check_exit=2)
+    result = cli(*args, exit_code=2)
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_bad_config_is_reported_with_file_and_key(cli, tmp_path):
-    broken = yaml.safe_load(Path(cli.env["ML_PLATFORM_CONFIG"]).read_text())
+def test_bad_config_is_reported_with_file_and_key(cli):
+    config_path = Path(cli.overrides["ML_PLATFORM_CONFIG"])
+    broken = yaml.safe_load(config_path.read_text())
     broken["models"]["random_forest"]["params"]["n_estimators"] = -3
-    Path(cli.env["ML_PLATFORM_CONFIG"]).write_text(yaml.safe_dump(broken))
+    config_path.write_text(yaml.safe_dump(broken))
     for command in (["demo-data"], ["run", "--all"]):
-        result = cli(*command, check_exit=2)
-        assert cli.env["ML_PLATFORM_CONFIG"] in result.stderr
+        result = cli(*command, exit_code=2)
+        assert str(config_path) in result.stderr
         assert "models.random_forest" in result.stderr and "n_estimators" in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
 
@@ -147,7 +152,7 @@ def test_schedules_are_added_listed_and_removed(cli):
         "pipeline_schedule",
         "six_hourly",
     }
-    bad = cli("schedules", "add", "backtest", "--cron", "every monday", check_exit=2)
+    bad = cli("schedules", "add", "backtest", "--cron", "every monday", exit_code=2)
     assert "'every monday' is not a valid cron schedule" in bad.stderr
     assert "removed schedule six_hourly" in cli("schedules", "remove", "six_hourly").stdout
-    assert "no scheduled task named 'six_hourly'" in cli("schedules", "remove", "six_hourly", check_exit=2).stderr
+    assert "no scheduled task named 'six_hourly'" in cli("schedules", "remove", "six_hourly", exit_code=2).stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import sys
 from typing import Annotated
@@ -36,12 +37,18 @@ app.command("ui")(ui)
 
 
 @app.callback()
-def _bind_console() -> None:
-    """Every command prints to the stdout it was started with. The console is made on import, and a
-    caller that runs commands in its own process (typer's CliRunner in the tests) swaps stdout later."""
+def _before_every_command() -> None:
+    """Every command prints to the stdout it was started with: the console is made on import, and a
+    caller that runs commands in its own process (typer's CliRunner in the tests) swaps stdout later.
+
+    MLflow narrates its housekeeping at INFO ("Creating initial MLflow database tables..."); a person
+    at the terminal wants the command's own output. Export MLFLOW_LOGGING_LEVEL to see it.
+    """
     console.file = sys.stdout
     if (columns := os.environ.get("COLUMNS", "")).isdigit():
         console.width = int(columns)
+    level = os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when MLflow is imported
+    logging.getLogger("mlflow").setLevel(level.upper())  # in case it already is
 
 
 @app.command("demo-data")
@@ -162,7 +169,7 @@ def run(
     from ml_platform.defs.runs import first_failure
 
     settings = Settings.from_env()
-    load_platform_config(settings)  # a bad config is one line here, not a traceback from the definitions
+    config = load_platform_config(settings)  # a bad config is one line here, not a traceback from the definitions
     instance = dagster_instance(settings)
     known = instance.get_dynamic_partitions(batch_partitions.name)
     targets = known if all_batches else list(batch_ids or [])
@@ -172,12 +179,14 @@ def run(
     if unknown:
         fail(f"unknown batch(es) {', '.join(unknown)}: add them first with `ml-platform batches add` or `scan`")
 
+    from ml_platform.defs.definitions import build_definitions
+
     try:
-        import ml_platform.definitions as definitions
+        definitions = build_definitions(config, settings)
     except FileNotFoundError as error:  # the dbt manifest has not been prepared
         fail(str(error))
 
-    job = definitions.defs.resolve_job_def("batch_pipeline")
+    job = definitions.resolve_job_def("batch_pipeline")
     failed = []
     for batch_id in targets:
         selection, tags = None, {}
@@ -185,10 +194,9 @@ def run(
             from ml_platform.defs.automation.staleness import STALE_REASON_TAG, describe_reasons, reasons_to_run
             from ml_platform.lib.batches import batch_file
 
-            config = load_platform_config(settings)
             reasons = reasons_to_run(
                 instance,
-                definitions.defs.resolve_asset_graph(),
+                definitions.resolve_asset_graph(),
                 batch_id,
                 list(job.asset_layer.selected_asset_keys),
                 batch_file(settings.incoming_dir(config), batch_id, config.data.file_format),
@@ -252,9 +260,6 @@ def champion() -> None:
 
 
 def main() -> None:  # pragma: no cover - the console script
-    # MLflow narrates its housekeeping at INFO ("Creating initial MLflow database tables...");
-    # a person at the terminal wants the command's own output. Export the variable to see it.
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     app(prog_name="ml-platform")
 
 
