@@ -1,55 +1,21 @@
-"""`ml-platform experiment|experiments|models` through the installed entry point, against temporary homes."""
+"""`ml-platform experiment|experiments|models` against temporary homes, in this process."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
-from ml_platform_tests.conftest import small_config
-
-ML_PLATFORM = str(Path(sys.executable).parent / "ml-platform")
-
-
-class Cli:
-    """The installed command in one home (ML_PLATFORM_HOME, DAGSTER_HOME, SQLite MLflow store)."""
-
-    def __init__(self, root: Path):
-        root.mkdir(parents=True, exist_ok=True)
-        config_path = root / "platform.yaml"
-        config_path.write_text(yaml.safe_dump(small_config().model_dump(mode="json")))
-        self.root = root
-        self.env = {
-            **{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"},
-            "ML_PLATFORM_HOME": str(root / "home"),
-            "ML_PLATFORM_CONFIG": str(config_path),
-            "DAGSTER_HOME": str(root / "dagster_home"),
-            "COLUMNS": "250",
-        }
-
-    def __call__(self, *args: str, exit_code: int = 0) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [ML_PLATFORM, *args], env=self.env, cwd=self.root, capture_output=True, text=True, timeout=600
-        )
-        assert result.returncode == exit_code, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
-        return result
-
-    def json(self, *args: str):
-        return json.loads(self(*args, "--json").stdout)
+from ml_platform_tests.conftest import Cli, PreparedHome, copy_home, small_config
 
 
 @pytest.fixture(scope="module")
-def cli(tmp_path_factory: pytest.TempPathFactory) -> Cli:
-    """Two batches through the pipeline, so experiments have features and the registry two versions."""
+def cli(prepared_home: PreparedHome, tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    """A copy of the prepared home: two batches through the pipeline, so experiments have features
+    and the registry two versions."""
     cli = Cli(tmp_path_factory.mktemp("cli_experiments"))
-    cli("demo-data", "--batches", "2", "--rows", "1000")
-    cli("batches", "scan")
-    cli("run", "--all")
+    copy_home(prepared_home.home, cli.home)
+    cli.overrides["DAGSTER_HOME"] = str(cli.home / "dagster_home")
     return cli
 
 
@@ -158,7 +124,7 @@ def test_a_run_on_an_unknown_batch_or_before_any_run_is_refused(cli, session, tm
 
 def test_models_list_promote_rollback_and_history(cli):
     name = small_config().promotion.registered_model_name
-    models = {row["name"]: row for row in cli.json("models", "list")}
+    models = {row["name"]: row for row in json.loads(cli.installed("models", "list", "--json").stdout)}
     assert models[name]["latest_version"] == "2"
     champion_before = models[name]["aliases"]
 
