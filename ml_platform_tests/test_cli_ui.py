@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from ml_platform.cli.ui import port_problem, public_uri
+from ml_platform_tests.conftest import Cli
 from ml_platform_tests.servers import wait_for
 
 pytestmark = pytest.mark.timeout(900)
@@ -58,30 +59,16 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("option", ["--dagster-port", "--mlflow-port"])
-def test_a_taken_port_is_refused_before_anything_starts(env, listener, option, tmp_path):
+def test_a_taken_port_is_refused_before_anything_starts(listener, option, tmp_path):
     ports = {"--dagster-port": str(free_port()), "--mlflow-port": str(free_port()), option: str(listener)}
-    result = subprocess.run(
-        [ML_PLATFORM, "ui", *(item for pair in ports.items() for item in pair)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2
+    result = Cli(tmp_path)("ui", *(item for pair in ports.items() for item in pair), exit_code=2)
     assert f"{option} {listener}: the port is taken on 127.0.0.1" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "dagster_home" / "dagster-dev.log").exists()
 
 
-def test_one_port_for_both_uis_is_refused(env):
-    result = subprocess.run(
-        [ML_PLATFORM, "ui", "--dagster-port", "3999", "--mlflow-port", "3999"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2
+def test_one_port_for_both_uis_is_refused(tmp_path):
+    result = Cli(tmp_path)("ui", "--dagster-port", "3999", "--mlflow-port", "3999", exit_code=2)
     assert "--dagster-port and --mlflow-port are both 3999" in result.stderr
 
 

@@ -76,11 +76,9 @@ BAD_BATCHES: dict[str, tuple[Callable[[], bytes], list[str]]] = {
 
 
 @pytest.fixture(scope="module")
-def trained(module_platform: PlatformUnderTest) -> PlatformUnderTest:
-    """A platform with a good batch through the whole pipeline and a champion registered."""
-    (batch,) = module_platform.write_batches(1, rows=1500)
-    assert module_platform.materialize(batch).success
-    return module_platform
+def trained(module_two_batches: PlatformUnderTest) -> PlatformUnderTest:
+    """A platform with good batches through the whole pipeline and a champion registered."""
+    return module_two_batches
 
 
 def stored_state(platform: PlatformUnderTest) -> dict:

@@ -47,21 +47,11 @@ def fitted(features: pd.DataFrame) -> Pipeline:
     return Pipeline([("scale", StandardScaler()), ("model", LogisticRegression())]).fit(features, target)
 
 
-@pytest.fixture(scope="module")
-def empty_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A new MLflow SQLite database: creating one takes seconds, a copy of it starts each test's store."""
-    folder = tmp_path_factory.mktemp("empty-mlflow")
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        monkeypatch.chdir(folder)
-        MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}").search_experiments()
-    return folder / "mlflow.db"
-
-
 @pytest.fixture
-def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_database: Path) -> Iterator[str]:
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_mlflow_store: Path) -> Iterator[str]:
     """The platform's default store, under a temporary ML_PLATFORM_HOME; no MLflow state leaks out."""
     (tmp_path / "mlflow").mkdir()
-    shutil.copy(empty_database, tmp_path / "mlflow" / "mlflow.db")
+    shutil.copy(empty_mlflow_store, tmp_path / "mlflow" / "mlflow.db")
     monkeypatch.setenv("ML_PLATFORM_HOME", str(tmp_path))
     for name in MLFLOW_ENV:
         # setenv first, so teardown restores the original even though MLflow itself writes these variables
@@ -166,8 +156,10 @@ def test_logging_outside_the_block_is_a_tracking_error(tracking_uri):
     tracker.end_run()  # ending it again is harmless
 
 
-def test_an_explicit_tracking_uri_does_not_become_the_default_for_later_calls(tracking_uri, tmp_path, empty_database):
-    shutil.copy(empty_database, tmp_path / "elsewhere.db")
+def test_an_explicit_tracking_uri_does_not_become_the_default_for_later_calls(
+    tracking_uri, tmp_path, empty_mlflow_store
+):
+    shutil.copy(empty_mlflow_store, tmp_path / "elsewhere.db")
     other = f"sqlite:///{tmp_path / 'elsewhere.db'}"
     with ExperimentTracker("notebook", tracking_uri=other):
         pass

@@ -27,7 +27,7 @@ import psutil
 import pytest
 
 from ml_platform.lib.settings import PROJECT_ROOT
-from ml_platform_tests.conftest import small_config, subprocess_environment
+from ml_platform_tests.conftest import Cli, small_config
 from ml_platform_tests.servers import wait_for
 
 pytestmark = pytest.mark.timeout(1500)
@@ -132,10 +132,10 @@ def uis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningUIs]:
             "automation.new_batch_sensor.enabled": False,
         }
     )
-    env = {**subprocess_environment(home, config, platform_home=home / "home"), "COLUMNS": "200"}
+    cli = Cli(home, config)
     for command in (["demo-data", "--batches", "2", "--rows", "1000"], ["batches", "scan"], ["run", "batch_0001"]):
-        done = subprocess.run([ML_PLATFORM, *command], env=env, cwd=home, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, f"{command}: {done.stdout}\n{done.stderr}"
+        cli(*command)
+    env = {**cli.env, "COLUMNS": "200"}
 
     dagster_port, mlflow_port = free_port(), free_port()
     output_path = home / "ui.out"
