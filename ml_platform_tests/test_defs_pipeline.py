@@ -289,22 +289,24 @@ def test_hyperparameters_can_be_overridden_at_launch_and_are_validated(platform:
 
 
 def test_a_champion_that_cannot_read_the_new_features_is_kept_and_the_winner_is_challenger(
-    platform: PlatformUnderTest,
+    two_batches: PlatformUnderTest,
 ):
-    (first,) = platform.write_batches(1, rows=1000)
-    assert platform.materialize(first).success
+    platform = two_batches
+    client = platform.mlflow().client()
+    name = platform.config.promotion.registered_model_name
+    champion = str(client.get_model_version_by_alias(name, "champion").version)
     # The data set changes shape: a data set without the churn features, same registered model.
     raw = small_config().model_dump(mode="json")
     raw["data"]["name"] = "churn_lite"
     del raw["data"]["columns"]["region"]
     reshaped = small_config().model_validate(raw)
-    frame = generate_churn_batch(2, 1000).drop(columns=["region"])
-    platform.add_batch_file("batch_0002", frame.to_csv(index=False).encode())
+    frame = generate_churn_batch(3, 1000).drop(columns=["region"])
+    platform.add_batch_file("batch_0003", frame.to_csv(index=False).encode())
 
-    assert platform.materialize("batch_0002", config=reshaped).success
+    assert platform.materialize("batch_0003", config=reshaped).success
 
-    client = platform.mlflow().client()
-    name = platform.config.promotion.registered_model_name
-    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == champion
     challenger = client.get_model_version_by_alias(name, "challenger")
-    assert "the champion (v1) cannot be scored on this batch's held-out data" in challenger.tags["promotion_reason"]
+    assert challenger.tags["batch"] == "batch_0003"
+    reason = challenger.tags["promotion_reason"]
+    assert f"the champion (v{champion}) cannot be scored on this batch's held-out data" in reason
