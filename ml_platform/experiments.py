@@ -9,6 +9,7 @@ in the Dagster UI, tagged with the experiment id), logging one MLflow run into t
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -151,9 +152,10 @@ class ExperimentManager:
 
     # ------------------------------------------------------------ run
 
-    def run_experiment(self, experiment_id: str, batch: str | None = None) -> ExperimentRun:
+    def run_experiment(self, experiment_id: str, batch: str | None = None, progress=None) -> ExperimentRun:
         """Launch the `experiment` job for one batch (default: the newest batch with features) in the
-        project's Dagster instance and wait for it."""
+        project's Dagster instance and wait for it. `progress(job)`, when given, is a context manager
+        around the run that yields its run id (the CLI's progress display)."""
         import dagster as dg
 
         from ml_platform.defs.definitions import build_definitions
@@ -175,16 +177,19 @@ class ExperimentManager:
             definitions = build_definitions(self.platform, self.settings)
         except FileNotFoundError as error:  # the dbt manifest has not been prepared
             raise ExperimentError(str(error)) from None
-        result = definitions.resolve_job_def("experiment").execute_in_process(
-            run_config={
-                **experiment_run_config(experiment.experiment_id, experiment.name, experiment.config),
-                "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-            },
-            instance=self.instance,
-            partition_key=batch,
-            tags={EXPERIMENT_ID_TAG: experiment.experiment_id},
-            raise_on_error=False,
-        )
+        job = definitions.resolve_job_def("experiment")
+        with progress(job) if progress else contextlib.nullcontext() as run_id:
+            result = job.execute_in_process(
+                run_config={
+                    **experiment_run_config(experiment.experiment_id, experiment.name, experiment.config),
+                    "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+                },
+                instance=self.instance,
+                partition_key=batch,
+                run_id=run_id,
+                tags={EXPERIMENT_ID_TAG: experiment.experiment_id},
+                raise_on_error=False,
+            )
         if not result.success:
             return ExperimentRun(experiment.experiment_id, batch, result.run_id, False, error=first_failure(result))
         output = result.output_for_node("train_experiment")

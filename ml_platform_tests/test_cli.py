@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
+from ml_platform.cli.progress import describe_progress
 from ml_platform.lib.settings import PROJECT_ROOT
 from ml_platform_tests.conftest import Cli, small_config
 
@@ -156,3 +158,20 @@ def test_schedules_are_added_listed_and_removed(cli):
     assert "'every monday' is not a valid cron schedule" in bad.stderr
     assert "removed schedule six_hourly" in cli("schedules", "remove", "six_hourly").stdout
     assert "no scheduled task named 'six_hourly'" in cli("schedules", "remove", "six_hourly", exit_code=2).stderr
+
+
+def test_the_progress_line_says_how_many_steps_are_done_and_which_are_running():
+    steps = [
+        SimpleNamespace(step_key="raw_batch", end_time=10.0),
+        SimpleNamespace(step_key="dbt_features", end_time=12.0),
+        SimpleNamespace(step_key="random_forest_model", end_time=None),
+        SimpleNamespace(step_key="logistic_regression_model", end_time=None),
+    ]
+
+    line = describe_progress("batch_pipeline for batch_0001", 8, steps)
+
+    assert line == (
+        "batch_pipeline for batch_0001: 2/8 steps done, running random_forest_model, logistic_regression_model"
+    )
+    assert describe_progress("x", 8, []) == "x: 0/8 steps done"
+    assert describe_progress("x", 1, steps[:2]) == "x: 2/2 steps done"  # never more done than the total

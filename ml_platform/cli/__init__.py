@@ -206,9 +206,9 @@ def run(
                 continue
             console.print(f"{batch_id}: running {len(reasons)} asset(s)\n{describe_reasons(reasons)}")
             selection, tags = list(reasons), {STALE_REASON_TAG: describe_reasons(reasons)[:1000]}
-        steps = len((job.get_subset(asset_selection=set(selection)) if selection else job).nodes)
+        planned = job.get_subset(asset_selection=set(selection)) if selection else job
         quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-        with run_progress(instance, f"batch_pipeline for {batch_id}", steps) as run_id, quiet:
+        with run_progress(instance, f"batch_pipeline for {batch_id}", planned) as run_id, quiet:
             result = job.execute_in_process(
                 instance=instance,
                 partition_key=batch_id,

@@ -97,11 +97,15 @@ def run(
 
     Example: ml-platform experiment run 2 --batch batch_0003
     """
+    from ml_platform.cli.progress import run_progress
+
     with _errors_as_one_line():
         manager = _manager()
         experiment = manager.get_experiment(experiment_id)
-        with console.status(f"running experiment {experiment.name} on {batch or 'the newest batch'} ..."):
-            outcome = manager.run_experiment(experiment.experiment_id, batch)
+        label = f"experiment {experiment.name} on {batch or 'the newest batch'}"
+        outcome = manager.run_experiment(
+            experiment.experiment_id, batch, progress=lambda job: run_progress(manager.instance, label, job)
+        )
     if not outcome.success:
         fail(
             f"experiment {experiment.experiment_id} on {outcome.batch} failed (Dagster run {outcome.dagster_run_id}): "

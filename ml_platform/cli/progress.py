@@ -29,9 +29,10 @@ def describe_progress(label: str, total_steps: int, step_stats) -> str:
 
 
 @contextlib.contextmanager
-def run_progress(instance, label: str, total_steps: int) -> Iterator[str]:
-    """Show the progress of the run whose id this yields (pass it to `execute_in_process(run_id=...)`)."""
-    run_id = str(uuid.uuid4())
+def run_progress(instance, label: str, job) -> Iterator[str]:
+    """Show the progress of a run of `job` (an op per step) whose id this yields: pass it to
+    `execute_in_process(run_id=...)`."""
+    run_id, total_steps = str(uuid.uuid4()), len(job.nodes)
     finished = threading.Event()
     with console.status(f"{label} ...") as status:
 
