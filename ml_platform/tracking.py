@@ -291,7 +291,6 @@ class MLflowManager:
         from mlflow.exceptions import MlflowException
 
         with self.store.write_lock(), tracking_uri_in_use(self.store.tracking_uri):
-            mlflow.set_registry_uri(self.store.tracking_uri)
             try:
                 version = mlflow.register_model(f"runs:/{run_id}/model", name)
             except MlflowException as error:

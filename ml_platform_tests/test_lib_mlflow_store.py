@@ -1,8 +1,10 @@
-"""The MLflow store's own rules: links without credentials, one writer for a SQLite store."""
+"""The MLflow store's own rules: links without credentials, one writer for a SQLite store, no leaked URIs."""
 
 from __future__ import annotations
 
-from ml_platform.lib.mlflow_store import MlflowStore
+import os
+
+from ml_platform.lib.mlflow_store import MlflowStore, tracking_uri_in_use
 from ml_platform_tests.conftest import overlapping_entries
 
 
@@ -28,3 +30,19 @@ def test_sqlite_writes_are_serialised(tmp_path):
     tracking = store(f"sqlite:///{tmp_path}/mlflow.db", tmp_path)
     assert overlapping_entries(tracking.write_lock) == 0
     assert (tmp_path / "mlflow.db.lock").exists()
+
+
+def test_the_fluent_api_points_at_the_store_only_inside_the_block(tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "sqlite:///elsewhere.db")  # the user's own stays theirs
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+
+    with tracking_uri_in_use(uri):
+        assert mlflow.get_tracking_uri() == uri
+        assert mlflow.get_registry_uri() == uri
+
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert os.environ["MLFLOW_REGISTRY_URI"] == "sqlite:///elsewhere.db"
+    assert mlflow.get_tracking_uri() != uri and mlflow.get_registry_uri() == "sqlite:///elsewhere.db"

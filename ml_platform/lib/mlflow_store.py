@@ -33,6 +33,8 @@ class _DropUnpinnedPipWarning(logging.Filter):
 
 logging.getLogger("mlflow.utils.environment").addFilter(_DropUnpinnedPipWarning())
 
+FLUENT_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
 
 @dataclass
 class MlflowStore:
@@ -185,7 +187,6 @@ class MlflowStore:
         import mlflow.sklearn
 
         with tracking_uri_in_use(self.tracking_uri):
-            mlflow.set_registry_uri(self.tracking_uri)
             return mlflow.sklearn.load_model(model_uri)
 
     def register(self, model_name: str, model_uri: str, run_id: str, alias: str, tags: dict[str, str]) -> str:
@@ -208,19 +209,28 @@ class MlflowStore:
 
 @contextlib.contextmanager
 def tracking_uri_in_use(tracking_uri: str) -> Iterator[None]:
-    """MLflow's fluent API pointed at `tracking_uri` for the block, then put back. MLflow's
-    `set_tracking_uri` also writes MLFLOW_TRACKING_URI into this process's environment, which would
-    make one call's store the default of every later call."""
+    """MLflow's fluent API, tracking and registry, pointed at `tracking_uri` for the block, then put back.
+
+    MLflow keeps both URIs process-wide and also writes them into this process's environment
+    (MLFLOW_TRACKING_URI, MLFLOW_REGISTRY_URI), and `set_registry_uri(None)` clears neither: left
+    set, one call's store would be the default of every later call, and an `MlflowClient` built with
+    only a tracking URI would read another store's registry.
+    """
     import mlflow
 
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    saved = {name: os.environ.get(name) for name in FLUENT_URI_VARIABLES}
     mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
     try:
         yield
     finally:
         mlflow.set_tracking_uri(None)  # back to "from the environment"
-        if saved is not None:
-            os.environ["MLFLOW_TRACKING_URI"] = saved
+        mlflow.set_registry_uri(None)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def sklearn_model_args(model, input_example=None) -> dict[str, Any]:
