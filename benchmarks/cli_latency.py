@@ -170,28 +170,24 @@ print(yaml.safe_load(schedules.read_text()) if schedules.exists() else [])
     ]
 
 
-def run(args: list[str], env: dict[str, str]) -> float:
-    """Wall seconds of one fresh process; fails loudly when it fails (a broken pair measures nothing)."""
+def run(args: list[str], env: dict[str, str]) -> tuple[float, str]:
+    """Wall seconds and stdout of one fresh process; fails loudly when it fails (a broken pair measures nothing)."""
     started = time.perf_counter()
     result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
-    return elapsed
+    return elapsed, result.stdout
 
 
 def prepare_home(home: Path, env: dict[str, str]) -> None:
     """A demo home: two batches through the pipeline and one experiment run (untimed)."""
-    steps = [
-        ["demo-data", "--batches", "2", "--rows", "2000"],
-        ["batches", "scan"],
-        ["run", "--all"],
-        ["experiment", "create", "model=logistic_regression"],
-        ["experiment", "run", "1"],
-    ]
-    for step in steps:
+    for step in (["demo-data", "--batches", "2", "--rows", "2000"], ["batches", "scan"], ["run", "--all"]):
         console.print(f"preparing {home}: ml-platform {' '.join(step)}")
         run([ML_PLATFORM, *step], env)
+    console.print(f"preparing {home}: an experiment, run on the newest batch")
+    _, created = run([ML_PLATFORM, "experiment", "create", "model=logistic_regression", "--json"], env)
+    run([ML_PLATFORM, "experiment", "run", json.loads(created)["experiment_id"]], env)
 
 
 def environment(home: Path) -> dict[str, str]:
@@ -212,7 +208,7 @@ def measure(pair_list: list[Pair], env: dict[str, str], repeats: int) -> list[di
             order = ("cli", "floor") if repeat % 2 == 0 else ("floor", "cli")
             for variant in order:
                 args = [ML_PLATFORM, *pair.command] if variant == "cli" else [sys.executable, "-c", pair.floor]
-                times[variant].append(run(args, env))
+                times[variant].append(run(args, env)[0])
         cli, floor = statistics.median(times["cli"]), statistics.median(times["floor"])
         rows.append({"command": pair.name, "cli_s": cli, "floor_s": floor, "ratio": cli / floor, "runs": times})
         console.print(f"{pair.name}: {cli:.2f} s against {floor:.2f} s ({cli / floor:.2f}x)")
@@ -256,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--home", type=Path, help="an ML_PLATFORM_HOME already through the pipeline")
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "RESULTS.md")
+    parser.add_argument("--only", nargs="+", metavar="COMMAND", help='measure only these, e.g. "experiment best"')
     options = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="cli-latency-") as scratch:
@@ -264,17 +261,14 @@ def main(argv: list[str] | None = None) -> None:
         if options.home is None:
             prepare_home(home, env)
         # The floor takes the same ids the commands take: the first experiment, the pipeline's model.
-        listed = json.loads(
-            subprocess.run(
-                [ML_PLATFORM, "experiments", "list", "--json"], env=env, capture_output=True, text=True, check=True
-            ).stdout
-        )
-        models = json.loads(
-            subprocess.run(
-                [ML_PLATFORM, "models", "list", "--json"], env=env, capture_output=True, text=True, check=True
-            ).stdout
-        )
-        rows = measure(pairs(listed[0]["experiment_id"], models[0]["name"]), env, options.repeats)
+        experiments = json.loads(run([ML_PLATFORM, "experiments", "list", "--json"], env)[1])
+        models = json.loads(run([ML_PLATFORM, "models", "list", "--json"], env)[1])
+        chosen = [
+            pair
+            for pair in pairs(experiments[0]["experiment_id"], models[0]["name"])
+            if not options.only or pair.name in options.only
+        ]
+        rows = measure(chosen, env, options.repeats)
 
     table = Table("command", "ml-platform (s)", "floor (s)", "ratio", title="CLI latency (medians)")
     for row in rows:

@@ -67,6 +67,7 @@ class ExperimentManager:
         self.settings = settings or Settings.from_env()
         self._instance = instance
         self._platform: PlatformConfig | None = None
+        self._client = None
 
     # ------------------------------------------------------------ where things are
 
@@ -88,7 +89,10 @@ class ExperimentManager:
         return MlflowStore(self.tracking_uri, experiment_name, self.settings.artifact_location_for(self.platform))
 
     def client(self):
-        return self.store("").client()
+        """The store's client, made once per manager (see `MlflowStore.client`)."""
+        if self._client is None:
+            self._client = self.store("").client()
+        return self._client
 
     @property
     def instance(self):

@@ -21,7 +21,7 @@ CONFIGS_DIR = PROJECT_ROOT / "configs"
 
 
 @contextlib.contextmanager
-def _errors_as_one_line():
+def errors_as_one_line():
     """The platform's own errors end the command with one line and exit code 2."""
     from ml_platform.experiments import ExperimentError
     from ml_platform.lib.config import ConfigError
@@ -65,7 +65,7 @@ def create(
 
     args = list(args or [])
     name = args.pop(0) if args and "=" not in args[0] else "experiment"
-    with _errors_as_one_line():
+    with errors_as_one_line():
         config = load_experiment_config(config_path(name), args)
         with console.status(f"recording experiment {config.name} ..."):
             manager = _manager()
@@ -99,7 +99,7 @@ def run(
     """
     from ml_platform.cli.progress import run_progress
 
-    with _errors_as_one_line():
+    with errors_as_one_line():
         manager = _manager()
         experiment = manager.get_experiment(experiment_id)
         label = f"experiment {experiment.name} on {batch or 'the newest batch'}"
@@ -130,7 +130,7 @@ def status(
 
     Example: ml-platform experiment status 2
     """
-    with _errors_as_one_line(), console.status("reading the experiment's runs ..."):
+    with errors_as_one_line(), console.status("reading the experiment's runs ..."):
         report = _manager().status(experiment_id)
     if as_json:
         print_json(report)
@@ -169,7 +169,7 @@ def compare(
 
     Example: ml-platform experiment compare 2 3 --plot compare.png
     """
-    with _errors_as_one_line(), console.status("comparing ..."):
+    with errors_as_one_line(), console.status("comparing ..."):
         table = _manager().compare_experiments(experiment_ids)
     if plot is not None:
         from ml_platform.lib.plots import plot_metrics_side_by_side
@@ -199,7 +199,7 @@ def best(
 
     Example: ml-platform experiment best --metric f1 --mode max
     """
-    with _errors_as_one_line(), console.status("ranking every experiment's runs ..."):
+    with errors_as_one_line(), console.status("ranking every experiment's runs ..."):
         best_run = _manager().best_run(metric, mode)
     if as_json:
         print_json(best_run.to_dict())
@@ -217,7 +217,7 @@ def list_experiments(as_json: Annotated[bool, typer.Option("--json", help=JSON_H
 
     Example: ml-platform experiments list
     """
-    with _errors_as_one_line(), console.status("listing experiments ..."):
+    with errors_as_one_line(), console.status("listing experiments ..."):
         manager = _manager()
         experiments = manager.list_experiments()
         runs = manager.runs([e.experiment_id for e in experiments]) if experiments else None

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from ml_platform.cli.common import JSON_HELP, console, fail, print_json, print_table
-from ml_platform.cli.experiments import config_path
+from ml_platform.cli.experiments import config_path, errors_as_one_line
 from ml_platform.lib.settings import Settings
 
 schedules_app = typer.Typer(help="Cron schedules for training, backtests and pipelines.", no_args_is_help=True)
@@ -27,13 +27,12 @@ RELOAD_HINT = "reload the code location in the Dagster UI (or restart `dagster d
 @contextlib.contextmanager
 def _scheduler():
     """The TaskScheduler; its refusals end the command with one line and exit code 2."""
-    from ml_platform.experiments import ExperimentError
     from ml_platform.lib.config import ConfigError
     from ml_platform.scheduler import SchedulerError, TaskScheduler
 
     try:
         yield TaskScheduler(Settings.from_env())
-    except (SchedulerError, ConfigError, ExperimentError) as error:
+    except (SchedulerError, ConfigError) as error:
         fail(str(error))
 
 
@@ -60,7 +59,8 @@ def add_training(
     """
     args = list(args or [])
     config_name = args.pop(0) if args and "=" not in args[0] else "experiment"
-    with _scheduler() as scheduler:
+    # Adding one records its experiment, whose refusals are the experiment commands' own.
+    with errors_as_one_line(), _scheduler() as scheduler:
         task = scheduler.schedule_training(config_path(config_name), cron, overrides=args, name=name)
     _added(task, as_json)
 

@@ -45,6 +45,7 @@ class MlflowStore:
     ui_url: str = "http://127.0.0.1:5000"
 
     _experiment_id: str | None = field(default=None, init=False, repr=False)
+    _client: Any = field(default=None, init=False, repr=False)
 
     @contextlib.contextmanager
     def write_lock(self) -> Iterator[None]:
@@ -57,9 +58,13 @@ class MlflowStore:
             yield
 
     def client(self):
+        """One client per store: each new one connects its tracking and registry stores and checks their
+        schema, a few tenths of a second that a read-only command would otherwise pay per query."""
         from mlflow import MlflowClient
 
-        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return self._client
 
     def experiment_id(self) -> str:
         """The experiment's id, created on first use (by whichever parallel step gets there first)."""
