@@ -235,15 +235,19 @@ def markdown(rows: list[dict], repeats: int) -> str:
     return "\n".join(lines)
 
 
+def latency_section(path: Path) -> str:
+    """The file's CLI latency section, or "" when it has none."""
+    text = path.read_text() if path.exists() else ""
+    if SECTION_START not in text or SECTION_END not in text:
+        return ""
+    return SECTION_START + text.split(SECTION_START, 1)[1].split(SECTION_END, 1)[0] + SECTION_END
+
+
 def replace_section(path: Path, section: str) -> None:
     """Put `section` in place of the file's CLI latency section (appended when it has none)."""
     text = path.read_text() if path.exists() else ""
-    if SECTION_START in text:
-        before, rest = text.split(SECTION_START, 1)
-        after = rest.split(SECTION_END, 1)[1] if SECTION_END in rest else ""
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    old = latency_section(path)
+    text = text.replace(old, section) if old else text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text)
 
 

@@ -49,6 +49,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.cli_latency import latency_section
 from benchmarks.measure import Measured, PeakRssSampler, kill_group, run_measured, tail, without_unexeced_forks
 from ml_platform.lib.config import PlatformConfig, compose_config, load_config
 from ml_platform.lib.demo_data import write_demo_batches
@@ -834,7 +835,8 @@ def write_results(
     if failures:
         lines += ["## Failures", "", "```", *failures, "```", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    cli_latency = latency_section(path)  # benchmarks.cli_latency's figures stay
+    path.write_text("\n".join(lines) + (f"\n{cli_latency}\n" if cli_latency else ""))
 
 
 RAW_COLUMNS = ["rows", "variant", "rep", "ok", "wall s", "imports s", "work s", "peak RSS MB", "extra"]
