@@ -59,6 +59,8 @@ def test_files_still_being_written_wait_for_a_later_tick():
         IncomingFile("batch_0001.csv", 100, NOW - 10**9),  # modified a second ago
         IncomingFile("batch_0002.csv", 0, SETTLED),  # created, nothing written yet
         settled(".batch_0003.csv"),  # a writer's hidden temporary name
+        settled(".gitkeep"),  # the folder's own hidden files are no batches, and not waiting
+        settled(".DS_Store"),
         settled("batch_0004.csv.part"),
     ]
     result = plan(files)
@@ -130,6 +132,7 @@ def test_a_scan_finds_batch_files_in_name_order_and_says_why_it_skipped_the_rest
         "batch_0002.csv",
         ".batch_0004.csv.partial",
         ".batch_0005.csv",
+        ".gitkeep",
         "batch_0006.parquet",
         "notes.txt",
         "bad name.csv",

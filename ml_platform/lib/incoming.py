@@ -121,6 +121,8 @@ def plan_incoming(
     unchanged = 0
     suffix = f".{file_format}"
     for file in files:
+        if is_folder_file(file.name, suffix):
+            continue
         if is_temporary(file.name):
             waiting[file.name] = TEMPORARY
             continue
@@ -170,6 +172,8 @@ def scan_incoming(incoming_dir: Path, file_format: str) -> ScannedFolder:
     skipped: dict[str, str] = {}
     suffix = f".{file_format}"
     for file in list_incoming(incoming_dir):
+        if is_folder_file(file.name, suffix):
+            continue
         if reason := TEMPORARY if is_temporary(file.name) else _refusal(file.name, suffix):
             skipped[file.name] = reason
         elif file.size == 0:
@@ -177,6 +181,12 @@ def scan_incoming(incoming_dir: Path, file_format: str) -> ScannedFolder:
         else:
             batches[file.name[: -len(suffix)]] = incoming_dir / file.name
     return ScannedFolder(batches, skipped)
+
+
+def is_folder_file(name: str, suffix: str) -> bool:
+    """A hidden file that is no batch in the making (`.gitkeep`, `.DS_Store`): not data, not mentioned.
+    A hidden name with the batch extension in it (`.batch_0003.csv.partial`) is a writer's temporary."""
+    return name.startswith(".") and suffix not in name.lower()
 
 
 def is_temporary(name: str) -> bool:
