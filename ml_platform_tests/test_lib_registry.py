@@ -6,6 +6,7 @@ The registry tests run on a real SQLite MLflow store; every test registers its o
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 
 import mlflow
@@ -212,3 +213,39 @@ def test_the_history_keeps_only_the_newest_max_events(client, model_name, monkey
     history = alias_history(client, model_name)
     assert [e.version for e in history] == ["3", "1", "2"]
     assert champion(client, model_name) == "2"
+
+
+def test_a_thousand_decisions_with_long_reasons_keep_the_newest_events_and_never_fail(client, model_name):
+    # One growing tag failed at the 306th move of this size (MLflow's 100,000-character limit).
+    reason = "beats the champion on this batch's held-out data: " + "r" * 150
+    for decision in range(1000):
+        set_alias(client, model_name, "champion", str(decision % 3 + 1), reason=f"{decision} {reason}")
+
+    history = alias_history(client, model_name, "champion")
+    assert len(history) == registry.MAX_EVENTS
+    assert history[-1].reason.startswith("999 ") and history[0].reason.startswith(f"{1000 - registry.MAX_EVENTS} ")
+    assert champion(client, model_name) == str(999 % 3 + 1)
+    event_tags = [key for key in client.get_registered_model(model_name).tags if key.startswith("ml_platform.alias")]
+    assert len(event_tags) == registry.MAX_EVENTS
+
+
+def test_a_history_kept_in_the_old_single_tag_is_read_and_moved_into_event_tags(client, model_name):
+    old = [
+        {"alias": "champion", "version": "1", "action": "promote", "previous": None, "at": "2026-01-01T00:00:00+00:00"},
+        {"alias": "champion", "version": "2", "action": "promote", "previous": "1", "at": "2026-01-02T00:00:00+00:00"},
+    ]
+    client.set_registered_model_tag(model_name, "ml_platform.alias_history", json.dumps(old))
+    assert [e.version for e in alias_history(client, model_name)] == ["1", "2"]
+
+    set_alias(client, model_name, "champion", "3")
+
+    assert [e.version for e in alias_history(client, model_name)] == ["1", "2", "3"]
+    assert "ml_platform.alias_history" not in client.get_registered_model(model_name).tags
+    assert rollback(client, model_name).version == "2"
+
+
+def test_a_reason_longer_than_a_tag_allows_is_cut(client, model_name):
+    set_alias(client, model_name, "champion", "1", reason="x" * 200_000)
+
+    (event,) = alias_history(client, model_name)
+    assert event.reason == "x" * registry.MAX_REASON_CHARS

@@ -1,10 +1,12 @@
 """Model Registry aliases with their history: promote, roll back, and which version held an alias when.
 
 MLflow keeps only an alias's current holder. Every move made through the platform (the pipeline's
-champion decision, `ml-platform models promote/rollback`, `MLflowManager`) is also appended as an
-event to a tag of the registered model, so a rollback knows the champion before the current one and
-`history` answers "which version was champion on that day". Dagster-free; callers pass an
-`MlflowClient` and, for the SQLite store, hold the store's writer lock.
+champion decision, `ml-platform models promote/rollback`, `MLflowManager`) is also recorded as an
+event, so a rollback knows the champion before the current one and `history` answers "which version
+was champion on that day". Each event is a tag of its own on the registered model
+(`ml_platform.alias_event.00000042`) and only the newest `MAX_EVENTS` are kept: one growing tag would
+reach MLflow's 100,000-character limit after about 300 decisions and fail every later one.
+Dagster-free; callers pass an `MlflowClient` and, for the SQLite store, hold the store's writer lock.
 """
 
 from __future__ import annotations
@@ -13,9 +15,14 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-HISTORY_TAG = "ml_platform.alias_history"
-# A registry tag holds up to 100,000 characters; the oldest events go first beyond this many.
+EVENT_TAG_PREFIX = "ml_platform.alias_event."
+# Before one tag per event, the whole history was one JSON list in this tag; it is read, and moved
+# into event tags on the next move.
+LEGACY_HISTORY_TAG = "ml_platform.alias_history"
+# The oldest events go first beyond this many.
 MAX_EVENTS = 500
+# A reason longer than this is cut: an event must fit a tag whatever a person types.
+MAX_REASON_CHARS = 2000
 
 
 class RegistryError(ValueError):
@@ -34,9 +41,40 @@ class AliasEvent:
 
 def alias_history(client, model_name: str, alias: str | None = None) -> list[AliasEvent]:
     """Every recorded move of `alias` (or of every alias), oldest first."""
-    model = _registered_model(client, model_name)
-    events = [AliasEvent(**event) for event in json.loads(model.tags.get(HISTORY_TAG, "[]"))]
+    events = [event for _, event in _recorded_events(_registered_model(client, model_name))]
     return [event for event in events if alias is None or event.alias == alias]
+
+
+def _recorded_events(model) -> list[tuple[int, AliasEvent]]:
+    """(sequence number, event) for every event tag, oldest first; a legacy history comes before them."""
+    legacy = [(0, AliasEvent(**event)) for event in json.loads(model.tags.get(LEGACY_HISTORY_TAG, "[]"))]
+    tagged = sorted(
+        (int(key.removeprefix(EVENT_TAG_PREFIX)), AliasEvent(**json.loads(value)))
+        for key, value in model.tags.items()
+        if key.startswith(EVENT_TAG_PREFIX)
+    )
+    return legacy + tagged
+
+
+def _event_tag(sequence: int) -> str:
+    return f"{EVENT_TAG_PREFIX}{sequence:08d}"
+
+
+def _record(client, model, event: AliasEvent) -> None:
+    """Add `event` as the newest event tag and drop the oldest beyond `MAX_EVENTS`."""
+    recorded = _recorded_events(model)
+    if LEGACY_HISTORY_TAG in model.tags:  # rewritten as event tags numbered from 1, the newest kept
+        recorded = list(enumerate((old for _, old in recorded), start=1))[-(MAX_EVENTS - 1) :]
+        for key in [key for key in model.tags if key.startswith(EVENT_TAG_PREFIX)]:
+            client.delete_registered_model_tag(model.name, key)
+        for sequence, old in recorded:
+            client.set_registered_model_tag(model.name, _event_tag(sequence), json.dumps(asdict(old)))
+        client.delete_registered_model_tag(model.name, LEGACY_HISTORY_TAG)
+    newest = (recorded[-1][0] if recorded else 0) + 1
+    client.set_registered_model_tag(model.name, _event_tag(newest), json.dumps(asdict(event)))
+    for sequence, _ in recorded:
+        if sequence <= newest - MAX_EVENTS:
+            client.delete_registered_model_tag(model.name, _event_tag(sequence))
 
 
 def current_holder(client, model_name: str, alias: str) -> str | None:
@@ -56,11 +94,10 @@ def set_alias(client, model_name: str, alias: str, version: str, reason: str = "
         action=action,
         previous=None if previous is None else str(previous),
         at=datetime.now(UTC).isoformat(timespec="seconds"),
-        reason=reason,
+        reason=reason[:MAX_REASON_CHARS],
     )
     client.set_registered_model_alias(model_name, alias, str(version))
-    events = [*json.loads(model.tags.get(HISTORY_TAG, "[]")), asdict(event)][-MAX_EVENTS:]
-    client.set_registered_model_tag(model_name, HISTORY_TAG, json.dumps(events))
+    _record(client, model, event)
     return event
 
 
