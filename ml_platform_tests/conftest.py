@@ -48,6 +48,12 @@ def small_config(**changes) -> PlatformConfig:
     return PlatformConfig.model_validate(raw)
 
 
+def inherited_environment() -> dict[str, str]:
+    """This process's environment for a subprocess, without a tracking URI that would point it elsewhere
+    (MLflow writes MLFLOW_TRACKING_URI into the environment of whoever used its fluent API)."""
+    return {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+
+
 def subprocess_environment(directory: Path, config: PlatformConfig, platform_home: Path) -> dict[str, str]:
     """The environment for `ml-platform` and Dagster commands run as subprocesses on `config`.
 
@@ -60,7 +66,7 @@ def subprocess_environment(directory: Path, config: PlatformConfig, platform_hom
     dagster_home.mkdir()
     shutil.copy(PROJECT_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
     return {
-        **{key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"},
+        **inherited_environment(),
         "ML_PLATFORM_HOME": str(platform_home),
         "ML_PLATFORM_CONFIG": str(config_path),
         "DAGSTER_HOME": str(dagster_home),
@@ -98,8 +104,7 @@ class Cli:
     @property
     def env(self) -> dict[str, str]:
         """The environment of `installed` commands: this process's, with the home's settings."""
-        inherited = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
-        return {**inherited, **self.overrides}
+        return {**inherited_environment(), **self.overrides}
 
     def __call__(self, *args: str, exit_code: int = 0) -> CliResult:
         from typer.testing import CliRunner
@@ -110,20 +115,21 @@ class Cli:
             monkeypatch.chdir(self.root)  # as `installed` runs: a stray relative path lands in the test's folder
             monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
             result = CliRunner().invoke(app, list(args), env=self.overrides, catch_exceptions=False)
-        outcome = CliResult(result.exit_code, result.stdout, result.stderr)
-        assert outcome.exit_code == exit_code, f"exit {outcome.exit_code}\n{outcome.stdout}\n{outcome.stderr}"
-        return outcome
+        return _expected(CliResult(result.exit_code, result.stdout, result.stderr), exit_code)
 
     def installed(self, *args: str, exit_code: int = 0) -> CliResult:
         result = subprocess.run(
             [ML_PLATFORM, *args], env=self.env, cwd=self.root, capture_output=True, text=True, timeout=600
         )
-        outcome = CliResult(result.returncode, result.stdout, result.stderr)
-        assert outcome.exit_code == exit_code, f"exit {outcome.exit_code}\n{outcome.stdout}\n{outcome.stderr}"
-        return outcome
+        return _expected(CliResult(result.returncode, result.stdout, result.stderr), exit_code)
 
     def json(self, *args: str):
         return json.loads(self(*args, "--json").stdout)
+
+
+def _expected(outcome: CliResult, exit_code: int) -> CliResult:
+    assert outcome.exit_code == exit_code, f"exit {outcome.exit_code}\n{outcome.stdout}\n{outcome.stderr}"
+    return outcome
 
 
 def overlapping_entries(lock: Callable[[], AbstractContextManager], threads: int = 4) -> int:

@@ -5,7 +5,6 @@ MLflow what the model assets log and registers the winner as champion."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import yaml
 
 from ml_platform.lib.mlflow_store import MlflowStore
 from ml_platform.lib.settings import PROJECT_ROOT
-from ml_platform_tests.conftest import PlatformUnderTest
+from ml_platform_tests.conftest import PlatformUnderTest, inherited_environment
 
 FLOOR = PROJECT_ROOT / "benchmarks" / "floor.py"
 
@@ -26,7 +25,7 @@ def start_floor(home: Path, config_path: Path, batch_file: Path, *flags: str) ->
     incoming.mkdir(parents=True)
     shutil.copyfile(batch_file, incoming / batch_file.name)
     env = {
-        **{key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"},
+        **inherited_environment(),
         "ML_PLATFORM_HOME": str(home),
         "ML_PLATFORM_CONFIG": str(config_path),
     }

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from ml_platform.cli.ui import port_problem, public_uri
-from ml_platform_tests.conftest import Cli
+from ml_platform_tests.conftest import Cli, inherited_environment
 from ml_platform_tests.servers import wait_for
 
 pytestmark = pytest.mark.timeout(900)
@@ -25,7 +25,7 @@ ML_PLATFORM = str(Path(sys.executable).parent / "ml-platform")
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     return {
-        **{key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"},
+        **inherited_environment(),
         "ML_PLATFORM_HOME": str(tmp_path / "home"),
         "DAGSTER_HOME": str(tmp_path / "dagster_home"),
         "COLUMNS": "200",
