@@ -11,12 +11,20 @@ from sklearn.tree import DecisionTreeClassifier
 
 from ml_platform.lib.config import CLASSIFICATION_METRICS, REGRESSION_METRICS
 from ml_platform.lib.evaluation import (
-    champion_saw_batch,
-    decide_promotion,
+    PairedComparison,
+    Predictions,
+    PromotionDecision,
+    earlier_than_champion,
+    first_champion,
+    gate_decision,
     is_better,
+    metrics_of,
     metrics_table_markdown,
+    paired_bootstrap,
     pick_winner,
+    recorded_decision,
     score,
+    unfair_comparison,
 )
 
 
@@ -123,41 +131,6 @@ def test_is_better_honours_direction_and_margin(candidate, incumbent, mode, marg
     assert is_better(candidate, incumbent, mode, margin) is expected
 
 
-def test_first_model_becomes_champion_when_there_is_none():
-    decision = decide_promotion("roc_auc", "max", 0.001, challenger=0.8123, champion=None)
-
-    assert decision.alias == "champion"
-    assert decision.reason == "no current champion; roc_auc=0.8123"
-
-
-def test_challenger_better_by_more_than_the_margin_becomes_champion():
-    decision = decide_promotion("roc_auc", "max", 0.001, challenger=0.8200, champion=0.8100)
-
-    assert decision.alias == "champion"
-    assert "beats the champion" in decision.reason
-    assert "roc_auc 0.8200 vs 0.8100" in decision.reason
-    assert "margin over 0.001" in decision.reason
-
-
-@pytest.mark.parametrize(
-    ("metric", "mode", "challenger", "champion"),
-    [("roc_auc", "max", 0.8105, 0.8100), ("roc_auc", "max", 0.79, 0.81), ("rmse", "min", 2.9995, 3.0)],
-)
-def test_challenger_not_better_by_the_margin_stays_challenger(metric, mode, challenger, champion):
-    decision = decide_promotion(metric, mode, 0.001, challenger=challenger, champion=champion)
-
-    assert decision.alias == "challenger"
-    assert decision.reason.startswith("does not beat the champion")
-    assert f"{metric} {challenger:.4f} vs {champion:.4f}" in decision.reason
-
-
-def test_lower_rmse_by_more_than_the_margin_becomes_champion():
-    decision = decide_promotion("rmse", "min", 0.1, challenger=2.5, champion=3.0)
-
-    assert decision.alias == "champion"
-    assert "rmse 2.5000 vs 3.0000" in decision.reason
-
-
 def test_metrics_table_lists_every_metric_and_marks_the_winner():
     scores = {
         "random_forest": {"f1": 0.5, "roc_auc": 0.8, "precision": 0.6, "recall": 0.4, "accuracy": 0.85},
@@ -180,15 +153,223 @@ def test_metrics_table_shows_missing_and_nan_values_as_not_available():
     assert table.splitlines()[-1] == "| **ridge** (winner) | 1.5000 | n/a | n/a |"
 
 
+# ---------------------------------------------------------------- the paired bootstrap
+
+
+def churn_like(n_rows: int, seed: int = 0) -> pd.Series:
+    return pd.Series(np.random.default_rng(seed).random(n_rows) < 0.25).astype(int)
+
+
+def scorer(y: pd.Series, skill: float, seed: int) -> Predictions:
+    """Predictions whose scores separate the classes by `skill` standard deviations."""
+    rng = np.random.default_rng(seed)
+    scores = 1 / (1 + np.exp(-(skill * y.to_numpy() + rng.normal(size=len(y)))))
+    return Predictions((scores > 0.5).astype(int), scores)
+
+
+def bootstrap(y, winner, champion, metric="roc_auc", mode="max", samples=1000, seed=42) -> PairedComparison:
+    return paired_bootstrap(metric, mode, y, winner, champion, samples, 0.95, seed)
+
+
+@pytest.mark.parametrize("metric", list(CLASSIFICATION_METRICS))
+def test_bootstrap_scores_both_models_exactly_as_scikit_learn_does(metric):
+    y = churn_like(500)
+    winner, champion = scorer(y, 1.5, seed=1), scorer(y, 0.5, seed=2)
+
+    comparison = bootstrap(y, winner, champion, metric=metric, samples=200)
+
+    assert comparison.winner == pytest.approx(metrics_of("classification", y, winner)[metric])
+    assert comparison.champion == pytest.approx(metrics_of("classification", y, champion)[metric])
+    assert comparison.improvement == pytest.approx(comparison.winner - comparison.champion)
+
+
+@pytest.mark.parametrize("metric", list(REGRESSION_METRICS))
+def test_bootstrap_scores_regression_as_scikit_learn_and_counts_lower_error_as_improvement(metric):
+    rng = np.random.default_rng(5)
+    y = pd.Series(rng.normal(10, 3, 800))
+    close, far = Predictions(y.to_numpy() + rng.normal(0, 1, 800)), Predictions(y.to_numpy() + rng.normal(0, 3, 800))
+
+    comparison = bootstrap(y, close, far, metric=metric, mode=REGRESSION_METRICS[metric], samples=300)
+
+    assert comparison.winner == pytest.approx(metrics_of("regression", y, close)[metric])
+    assert comparison.champion == pytest.approx(metrics_of("regression", y, far)[metric])
+    assert comparison.improvement > 0
+    assert comparison.low > 0
+
+
+def test_a_clearly_better_model_has_its_whole_interval_above_zero():
+    y = churn_like(1000)
+
+    comparison = bootstrap(y, scorer(y, 2.0, seed=1), scorer(y, 1.0, seed=2))
+
+    assert 0 < comparison.low < comparison.improvement < comparison.high
+    assert comparison.rows == 1000
+    assert comparison.samples == 1000
+
+
+def test_a_difference_inside_the_noise_has_an_interval_across_zero():
+    """Two models of the same skill: on 1,000 rows their ROC AUCs differ by luck alone."""
+    y = churn_like(1000)
+
+    comparison = bootstrap(y, scorer(y, 1.0, seed=1), scorer(y, 1.0, seed=2))
+
+    assert comparison.low < 0 < comparison.high
+    assert comparison.high - comparison.low > 0.01  # about four standard errors of the difference
+
+
+def test_the_same_model_against_itself_improves_by_exactly_nothing():
+    y = churn_like(400)
+    same = scorer(y, 1.0, seed=1)
+
+    comparison = bootstrap(y, same, same)
+
+    assert (comparison.improvement, comparison.low, comparison.high) == (0.0, 0.0, 0.0)
+
+
+def test_the_bootstrap_is_seeded():
+    y = churn_like(300)
+    winner, champion = scorer(y, 1.2, seed=1), scorer(y, 1.0, seed=2)
+
+    assert bootstrap(y, winner, champion, seed=7) == bootstrap(y, winner, champion, seed=7)
+    assert bootstrap(y, winner, champion, seed=7).low != bootstrap(y, winner, champion, seed=8).low
+
+
+def test_resamples_holding_one_class_only_are_left_out_of_the_interval():
+    y = pd.Series([1, 1] + [0] * 28)
+    comparison = bootstrap(y, scorer(y, 2.0, seed=1), scorer(y, 1.0, seed=2), samples=500)
+
+    assert 0 < comparison.samples < 500  # some resamples had no positive row
+    assert np.isfinite([comparison.low, comparison.high]).all()
+
+
+def test_a_large_batch_is_resampled_in_chunks_with_the_same_result():
+    y = churn_like(11_000)
+    winner, champion = scorer(y, 1.1, seed=1), scorer(y, 1.0, seed=2)
+
+    comparison = bootstrap(y, winner, champion, samples=500)  # 5.5 million cells: two chunks
+
+    assert comparison.samples == 500
+    assert comparison.low < comparison.improvement < comparison.high
+
+
+def test_a_comparison_survives_the_round_trip_through_version_tags():
+    y = churn_like(300)
+    comparison = bootstrap(y, scorer(y, 1.2, seed=1), scorer(y, 1.0, seed=2), samples=200)
+
+    assert PairedComparison.from_tags(comparison.as_tags()) == comparison
+    assert PairedComparison.from_tags({}) is None
+
+
+# ---------------------------------------------------------------- the promotion rules
+
+
+def comparison_of(improvement: float, low: float, high: float, rows: int = 1000) -> PairedComparison:
+    return PairedComparison("roc_auc", 0.8 + improvement, 0.8, improvement, low, high, 0.95, rows, 2000)
+
+
+def test_first_model_becomes_champion_when_there_is_none():
+    decision = first_champion("roc_auc", 0.8123)
+
+    assert decision.alias == "champion"
+    assert decision.reason == "no current champion; roc_auc=0.8123"
+
+
+def test_the_gate_promotes_when_the_whole_interval_is_above_the_minimum_effect():
+    decision = gate_decision(comparison_of(0.03, 0.012, 0.05), "3", min_improvement=0.01, min_held_out_rows=200)
+
+    assert decision.alias == "champion"
+    assert decision.comparison.improvement == 0.03
+    assert decision.reason == (
+        "beats the champion (v3): roc_auc 0.8300 vs 0.8000, improvement +0.0300 "
+        "(95% interval +0.0120 to +0.0500, 1000 rows); needed above 0.01"
+    )
+
+
 @pytest.mark.parametrize(
-    ("window", "champion_batch", "batch", "saw"),
+    ("low", "high"),
+    [(-0.01, 0.05), (0.005, 0.05), (0.01, 0.05)],  # across zero, above zero but not the minimum, at it
+)
+def test_the_gate_keeps_a_challenger_whose_interval_reaches_below_the_minimum_effect(low, high):
+    """The demo's old promotion: 0.8112 vs 0.8095, a point difference well inside the noise."""
+    decision = gate_decision(comparison_of(0.02, low, high), "3", min_improvement=0.01, min_held_out_rows=200)
+
+    assert decision.alias == "challenger"
+    assert decision.reason.startswith("not surely better than the champion (v3): roc_auc 0.8200 vs 0.8000")
+
+
+def test_the_gate_decides_nothing_on_too_few_rows_and_says_so():
+    decision = gate_decision(comparison_of(0.2, 0.1, 0.3, rows=150), "3", min_improvement=0.0, min_held_out_rows=200)
+
+    assert decision.alias == "challenger"
+    assert decision.reason.startswith("too few held-out rows to decide (150, needs 200)")
+
+
+BATCHES = ["b1", "b2", "b3"]
+
+
+def test_a_batch_older_than_the_champions_never_takes_the_alias():
+    decision = earlier_than_champion("b1", "7", "b3", BATCHES)
+
+    assert decision.alias == "challenger"
+    assert "trained on b1, earlier than the champion's batch b3 (v7)" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("batch", "champion_batch"),
+    [("b3", "b3"), ("b3", "b1"), ("b2", "gone"), ("new", "b1"), ("b2", None)],
+)
+def test_the_same_or_a_later_batch_or_one_out_of_the_order_goes_on_to_the_comparison(batch, champion_batch):
+    assert earlier_than_champion(batch, "7", champion_batch, BATCHES) is None
+
+
+def test_a_champion_that_trained_on_held_out_rows_is_not_compared_on_them():
+    decision = unfair_comparison("b2", "4", rows_seen_by_champion=880)
+
+    assert decision.alias == "challenger"
+    assert "trained on 880 of b2's held-out rows" in decision.reason
+
+
+def test_a_champion_without_a_record_of_its_training_rows_is_not_compared():
+    decision = unfair_comparison("b2", "4", rows_seen_by_champion=None)
+
+    assert decision.alias == "challenger"
+    assert "has no record of the rows it trained on" in decision.reason
+
+
+def test_a_champion_that_never_saw_the_rows_is_compared():
+    assert unfair_comparison("b2", "4", rows_seen_by_champion=0) is None
+
+
+RULES = "rules-1"
+
+
+def recorded(alias: str = "champion", incumbent: str = "3") -> dict[str, str]:
+    return PromotionDecision(alias, "beats v3", comparison_of(0.03, 0.01, 0.05)).as_tags(incumbent, RULES)
+
+
+@pytest.mark.parametrize(
+    ("champion_now", "case"),
+    [("3", "the step failed before the alias moved"), ("5", "the alias moved, the history write failed")],
+)
+def test_a_retried_decision_stands_while_the_champion_is_the_one_it_was_made_against_or_itself(champion_now, case):
+    decision = recorded_decision(recorded(), version="5", champion_now=champion_now, rules=RULES)
+
+    assert decision == PromotionDecision("champion", "beats v3", comparison_of(0.03, 0.01, 0.05)), case
+
+
+def test_a_first_decision_stands_on_retry_with_no_champion_yet():
+    tags = PromotionDecision("champion", "no current champion").as_tags(None, RULES)
+
+    assert recorded_decision(tags, version="1", champion_now=None, rules=RULES).alias == "champion"
+
+
+@pytest.mark.parametrize(
+    ("tags", "champion_now", "rules"),
     [
-        ("cumulative", "b3", "b2", True),  # b3's window held all of b2
-        ("cumulative", "b2", "b2", False),  # same batch: the held-out rows were held out then too
-        ("cumulative", "b1", "b2", False),  # an earlier champion never saw b2
-        ("batch", "b3", "b2", False),  # a per-batch champion only saw b3
-        (None, None, "b2", False),  # a version registered without these tags
+        ({}, "3", RULES),  # registered before decisions were recorded
+        (recorded(), "4", RULES),  # another batch took the alias in between: decide against it
+        (recorded(), "3", "rules-2"),  # the promotion config changed since
     ],
 )
-def test_champion_saw_batch_only_when_a_later_cumulative_window_held_it(window, champion_batch, batch, saw):
-    assert champion_saw_batch(window, champion_batch, batch, ["b1", "b2", "b3"]) is saw
+def test_a_recorded_decision_is_made_again_when_it_no_longer_stands(tags, champion_now, rules):
+    assert recorded_decision(tags, version="5", champion_now=champion_now, rules=rules) is None

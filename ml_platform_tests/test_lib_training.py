@@ -10,7 +10,14 @@ from pandas.testing import assert_frame_equal
 from ml_platform.lib.config import DataConfig, TrainingConfig, load_config
 from ml_platform.lib.demo_data import generate_churn_batch
 from ml_platform.lib.settings import DEFAULT_CONFIG_PATH
-from ml_platform.lib.training import ESTIMATORS, build_pipeline, fit_model, split_train_test
+from ml_platform.lib.training import (
+    ESTIMATORS,
+    SplitLeakError,
+    build_pipeline,
+    carve_validation,
+    fit_model,
+    split_train_test,
+)
 
 # Small models: the tests are about the wiring, not the accuracy.
 SMALL_PARAMS = {"random_forest": {"n_estimators": 10, "max_depth": 4}, "gradient_boosting": {"n_estimators": 10}}
@@ -180,3 +187,68 @@ def test_earlier_batches_only_train_and_the_held_out_rows_are_all_from_the_curre
 def test_splitting_a_batch_without_rows_is_a_clear_error(features, classification):
     with pytest.raises(ValueError, match="no rows of batch 'batch_0009'"):
         split_train_test(features, classification, TrainingConfig(), "batch_0009")
+
+
+def test_validation_rows_come_from_the_current_batchs_training_rows_only(features, classification):
+    training = TrainingConfig(test_size=0.2, validation_size=0.25)
+    split = split_train_test(features, classification, training, CURRENT)
+
+    carved = carve_validation(split, classification, training)
+
+    assert set(carved.validation["batch_id"]) == {CURRENT}
+    assert len(carved.validation) == 200  # a quarter of the batch's 800 training rows
+    assert (carved.train["batch_id"] == "batch_0001").sum() == 1000
+    assert sorted(ids(carved.train) + ids(carved.validation)) == sorted(ids(split.train))
+    assert_frame_equal(carved.test, split.test)  # the gate's rows are untouched
+    assert carved.y_validation.mean() == pytest.approx(split.y_test.mean(), abs=0.02)  # stratified
+
+
+def test_validation_rows_are_seeded(features, classification):
+    training = TrainingConfig(random_state=3)
+    split = split_train_test(features, classification, training, CURRENT)
+
+    assert_frame_equal(
+        carve_validation(split, classification, training).validation,
+        carve_validation(split, classification, training).validation,
+    )
+
+
+def test_the_split_records_how_its_held_out_rows_were_chosen(features, classification):
+    training = TrainingConfig(test_size=0.2, validation_size=0.25, random_state=7)
+
+    provenance = carve_validation(
+        split_train_test(features, classification, training, CURRENT), classification, training
+    ).provenance
+
+    assert provenance.as_tags() == {
+        "split.batch": CURRENT,
+        "split.seed": "7",
+        "split.test_size": "0.2",
+        "split.validation_size": "0.25",
+        "split.stratified": "True",
+        "split.held_out_rows": "200",
+        "split.held_out_ids_sha256": provenance.held_out_ids_sha256,
+    }
+
+
+def test_the_held_out_ids_hash_depends_on_which_rows_not_their_order(features, classification):
+    shuffled = features.sample(frac=1.0, random_state=1)
+    same = split_train_test(features, classification, TrainingConfig(random_state=1), CURRENT).provenance
+    reordered = split_train_test(shuffled, classification, TrainingConfig(random_state=1), CURRENT).provenance
+    other_seed = split_train_test(features, classification, TrainingConfig(random_state=2), CURRENT).provenance
+
+    assert same.held_out_ids_sha256 == reordered.held_out_ids_sha256
+    assert same.held_out_ids_sha256 != other_seed.held_out_ids_sha256
+
+
+def test_an_id_delivered_in_two_batches_of_the_window_is_refused_at_split_time(features, classification):
+    """A replayed row of batch 1 in batch 2 could land in batch 2's held-out rows while batch 1's copy trains."""
+    replayed = features.copy()
+    replayed.loc[replayed["batch_id"] == CURRENT, "customer_id"] = features.loc[
+        features["batch_id"] == "batch_0001", "customer_id"
+    ].to_numpy()
+
+    with pytest.raises(
+        SplitLeakError, match=r"200 id\(s\) of 'customer_id' are in both the training and the held-out"
+    ):
+        split_train_test(replayed, classification, TrainingConfig(), CURRENT)

@@ -168,13 +168,23 @@ def validate_model_params(model_type: str, params: dict[str, Any]) -> dict[str, 
 
 class TrainingConfig(StrictModel):
     test_size: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    # Of the batch's training rows, the share the candidates are compared on to pick the winner
+    # (the held-out rows are kept for the promotion gate).
+    validation_size: Annotated[float, Field(gt=0, lt=1)] = 0.25
     window: Literal["batch", "cumulative"] = "batch"
     random_state: int = 42
 
 
 class PromotionConfig(StrictModel):
     primary_metric: str | None = None
+    # The smallest improvement worth a new champion, in the metric's units: the lower end of the
+    # improvement's interval must be above it.
     min_improvement: Annotated[float, Field(ge=0)] = 0.0
+    # How sure the gate must be: the two-sided interval of the paired bootstrap.
+    confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
+    bootstrap_samples: Annotated[int, Field(ge=200, le=100_000)] = 2000
+    # Fewer held-out rows than this decide nothing: the winner stays a challenger.
+    min_held_out_rows: PositiveInt = 200
     registered_model_name: str | None = None
 
 

@@ -3,32 +3,51 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 from sklearn import metrics as skm
 
 from ml_platform.lib.config import METRIC_DIRECTIONS
 
 
-def score(task: str, model, x: pd.DataFrame, y: pd.Series) -> dict[str, float]:
-    """Every metric of the task for a fitted model on (x, y)."""
-    predictions = model.predict(x)
+@dataclass(frozen=True)
+class Predictions:
+    """A model's outputs on some rows: the predicted class or value, and for classification the
+    probability of the positive class (what ROC AUC ranks)."""
+
+    labels: np.ndarray
+    scores: np.ndarray | None = None
+
+
+def predict(task: str, model, x: pd.DataFrame) -> Predictions:
+    labels = np.asarray(model.predict(x))
+    return Predictions(labels, np.asarray(model.predict_proba(x)[:, 1]) if task == "classification" else None)
+
+
+def metrics_of(task: str, y: pd.Series, predictions: Predictions) -> dict[str, float]:
+    """Every metric of the task for predictions of the rows whose truth is `y`."""
+    labels = predictions.labels
     if task == "classification":
-        positive_scores = model.predict_proba(x)[:, 1]
         return {
-            "f1": float(skm.f1_score(y, predictions, zero_division=0)),
-            "roc_auc": float(skm.roc_auc_score(y, positive_scores)),
-            "precision": float(skm.precision_score(y, predictions, zero_division=0)),
-            "recall": float(skm.recall_score(y, predictions, zero_division=0)),
-            "accuracy": float(skm.accuracy_score(y, predictions)),
+            "f1": float(skm.f1_score(y, labels, zero_division=0)),
+            "roc_auc": float(skm.roc_auc_score(y, predictions.scores)),
+            "precision": float(skm.precision_score(y, labels, zero_division=0)),
+            "recall": float(skm.recall_score(y, labels, zero_division=0)),
+            "accuracy": float(skm.accuracy_score(y, labels)),
         }
     return {
-        "rmse": float(math.sqrt(skm.mean_squared_error(y, predictions))),
-        "mae": float(skm.mean_absolute_error(y, predictions)),
-        "r2": float(skm.r2_score(y, predictions)),
+        "rmse": float(math.sqrt(skm.mean_squared_error(y, labels))),
+        "mae": float(skm.mean_absolute_error(y, labels)),
+        "r2": float(skm.r2_score(y, labels)),
     }
+
+
+def score(task: str, model, x: pd.DataFrame, y: pd.Series) -> dict[str, float]:
+    """Every metric of the task for a fitted model on (x, y)."""
+    return metrics_of(task, y, predict(task, model, x))
 
 
 def is_better(candidate: float, incumbent: float, mode: str, min_improvement: float = 0.0) -> bool:
@@ -61,43 +80,238 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None or np.isnan(value) else f"{value:.4f}"
 
 
+# ---------------------------------------------------------------- the promotion gate
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """The winner against the champion on the same held-out rows, by a seeded paired bootstrap.
+
+    `improvement` is the winner's metric minus the champion's, signed so that positive is better
+    (for rmse, the champion's minus the winner's); `low` and `high` bound it at `confidence`.
+    """
+
+    metric: str
+    winner: float
+    champion: float
+    improvement: float
+    low: float
+    high: float
+    confidence: float
+    rows: int
+    samples: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.metric} {self.winner:.4f} vs {self.champion:.4f}, improvement {self.improvement:+.4f} "
+            f"({self.confidence:.0%} interval {self.low:+.4f} to {self.high:+.4f}, {self.rows} rows)"
+        )
+
+    def as_tags(self) -> dict[str, str]:
+        return {f"{COMPARISON_TAG_PREFIX}{name}": str(value) for name, value in asdict(self).items()}
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> PairedComparison | None:
+        values = {name: tags.get(f"{COMPARISON_TAG_PREFIX}{name}") for name in cls.__dataclass_fields__}
+        if any(value is None for value in values.values()):
+            return None
+        kinds = {"metric": str, "rows": int, "samples": int}
+        return cls(**{name: kinds.get(name, float)(value) for name, value in values.items()})
+
+
+COMPARISON_TAG_PREFIX = "decision.comparison."
+
+
+# Rows x resamples drawn at once: about 40 MB of indices, whatever the batch size.
+_RESAMPLE_CELLS = 5_000_000
+
+
+def paired_bootstrap(
+    metric: str,
+    mode: str,
+    y: pd.Series,
+    winner: Predictions,
+    champion: Predictions,
+    samples: int,
+    confidence: float,
+    seed: int,
+) -> PairedComparison:
+    """Resample the held-out rows with replacement, `samples` times, and score both models on each
+    resample: the spread of the difference is what the rows' noise alone would make of it.
+
+    Why a paired bootstrap: both models are scored on the same rows, so most of the noise (which
+    rows happen to be easy) is shared and cancels in the difference; it works for every metric the
+    platform offers (ROC AUC, F1, RMSE...), where DeLong's test covers ROC AUC only. The interval is
+    the percentile interval of the differences; resamples where the metric is undefined (one class
+    only) are left out. Seeded, so the same rows always give the same decision.
+    """
+    truth = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _RESAMPLE_CELLS // max(1, len(truth)))
+    sign = 1.0 if mode == "max" else -1.0
+    differences = []
+    for start in range(0, samples, chunk):
+        rows = rng.integers(0, len(truth), size=(min(chunk, samples - start), len(truth)))
+        differences.append(
+            sign * (_metric_on_rows(metric, truth, winner, rows) - _metric_on_rows(metric, truth, champion, rows))
+        )
+    spread = np.concatenate(differences)
+    spread = spread[np.isfinite(spread)]
+    everything = np.arange(len(truth))[np.newaxis, :]
+    winner_value = float(_metric_on_rows(metric, truth, winner, everything)[0])
+    champion_value = float(_metric_on_rows(metric, truth, champion, everything)[0])
+    tail = (1 - confidence) / 2
+    low, high = (float(q) for q in np.quantile(spread, [tail, 1 - tail])) if len(spread) else (math.nan, math.nan)
+    return PairedComparison(
+        metric=metric,
+        winner=winner_value,
+        champion=champion_value,
+        improvement=sign * (winner_value - champion_value),
+        low=low,
+        high=high,
+        confidence=confidence,
+        rows=len(truth),
+        samples=len(spread),
+    )
+
+
+def _metric_on_rows(metric: str, truth: np.ndarray, predictions: Predictions, rows: np.ndarray) -> np.ndarray:
+    """`metric` on each row of `rows` (resamples x indices), vectorised: one value per resample.
+    Agrees with `metrics_of` (scikit-learn) on the same rows."""
+    y = truth[rows]
+    labels = predictions.labels[rows]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if metric == "roc_auc":
+            positive = y == 1
+            n_positive = positive.sum(axis=1)
+            n_negative = y.shape[1] - n_positive
+            ranks = rankdata(predictions.scores[rows], axis=1)
+            return ((ranks * positive).sum(axis=1) - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative)
+        if metric == "accuracy":
+            return (labels == y).mean(axis=1)
+        if metric in ("precision", "recall", "f1"):
+            true_positive = ((labels == 1) & (y == 1)).sum(axis=1)
+            predicted = (labels == 1).sum(axis=1)
+            actual = (y == 1).sum(axis=1)
+            denominator = {"precision": predicted, "recall": actual, "f1": (predicted + actual) / 2}[metric]
+            return np.where(denominator > 0, true_positive / np.where(denominator > 0, denominator, 1), 0.0)
+        errors = labels.astype(float) - y
+        if metric == "rmse":
+            return np.sqrt((errors**2).mean(axis=1))
+        if metric == "mae":
+            return np.abs(errors).mean(axis=1)
+        if metric == "r2":
+            return 1 - (errors**2).sum(axis=1) / ((y - y.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+    raise ValueError(f"unknown metric {metric!r}")
+
+
 @dataclass(frozen=True)
 class PromotionDecision:
     alias: str  # "champion" or "challenger"
     reason: str
+    comparison: PairedComparison | None = None
+
+    def as_tags(self, incumbent: str | None, rules: str) -> dict[str, str]:
+        """The decision as registered-version tags, with the champion it was made against and the
+        fingerprint of the rules that made it: what a retried step reads back (`recorded_decision`)."""
+        return {
+            "decision.alias": self.alias,
+            "decision.incumbent": incumbent or "",
+            "decision.rules": rules,
+            "promotion_reason": self.reason,
+            **(self.comparison.as_tags() if self.comparison else {}),
+        }
 
 
-def decide_promotion(
-    metric: str, mode: str, min_improvement: float, challenger: float, champion: float | None
-) -> PromotionDecision:
-    """Whether the batch's winner takes the `champion` alias, and why, in words a person reads."""
-    if champion is None:
-        return PromotionDecision("champion", f"no current champion; {metric}={challenger:.4f}")
-    if is_better(challenger, champion, mode, min_improvement):
-        return PromotionDecision(
-            "champion",
-            f"beats the champion on this batch's held-out data: {metric} {challenger:.4f} vs {champion:.4f} "
-            f"(needed a margin over {min_improvement:g})",
-        )
-    return PromotionDecision(
-        "challenger",
-        f"does not beat the champion on this batch's held-out data: {metric} {challenger:.4f} vs {champion:.4f} "
-        f"(needed a margin over {min_improvement:g})",
-    )
+def recorded_decision(
+    tags: dict[str, str], version: str, champion_now: str | None, rules: str
+) -> PromotionDecision | None:
+    """The decision an earlier attempt recorded on `version`, if it still stands; else None (decide again).
 
-
-def champion_saw_batch(
-    champion_window: str | None, champion_batch: str | None, batch_id: str, ordered_batches: list[str]
-) -> bool:
-    """Whether a champion trained on rows of `batch_id`, so scoring it there would flatter it.
-
-    It did when it was trained with a cumulative window for a later batch: that window held every
-    row of `batch_id`. (With a per-batch window, or for an earlier batch, it never saw this batch's
-    held-out rows: the split of a batch is the same whenever it runs.)
+    A retried champion step (its run retried, or the step after an MLflow error) must not decide
+    again from scratch: the alias may have moved to this very version already, and the model would
+    be compared with itself. The recorded decision stands while the champion is still the one it
+    was made against, or is this version (the move happened), and the rules are unchanged.
     """
-    if champion_window != "cumulative" or champion_batch not in ordered_batches or batch_id not in ordered_batches:
-        return False
-    return ordered_batches.index(batch_id) < ordered_batches.index(champion_batch)
+    if "decision.alias" not in tags or tags.get("decision.rules") != rules:
+        return None
+    if champion_now not in (tags["decision.incumbent"] or None, version):
+        return None
+    return PromotionDecision(tags["decision.alias"], tags.get("promotion_reason", ""), PairedComparison.from_tags(tags))
+
+
+def first_champion(metric: str, winner_score: float) -> PromotionDecision:
+    return PromotionDecision("champion", f"no current champion; {metric}={winner_score:.4f}")
+
+
+def earlier_than_champion(
+    batch_id: str, champion_version: str, champion_batch: str | None, ordered_batches: list[str]
+) -> PromotionDecision | None:
+    """A challenger when this batch comes before the champion's: an older batch's model never takes
+    the alias by itself, whatever its score.
+
+    Why: a backfill, a rerun after a config change or a corrected old file re-decides an old batch,
+    and its held-out rows are old data; the champion was chosen on newer data. Without this rule,
+    the last decision to finish would win whatever its batch, so the champion would depend on the
+    order in which runs happen to end. A batch the partitions no longer list has no place in the
+    order, and is not taken as later either.
+    """
+    if champion_batch not in ordered_batches or batch_id not in ordered_batches:
+        return None
+    if ordered_batches.index(batch_id) < ordered_batches.index(champion_batch):
+        return PromotionDecision(
+            "challenger",
+            f"trained on {batch_id}, earlier than the champion's batch {champion_batch} (v{champion_version}): "
+            "an older batch never replaces a newer champion by itself; promote by hand if intended",
+        )
+    return None
+
+
+def unfair_comparison(
+    batch_id: str, champion_version: str, rows_seen_by_champion: int | None
+) -> PromotionDecision | None:
+    """A challenger when the champion may have trained on this batch's held-out rows.
+
+    `rows_seen_by_champion` is how many held-out ids are among the ids the champion was fitted on,
+    or None when the champion's version did not record them (registered before the split was
+    recorded): then nothing guarantees a fair comparison either. A changed test size or seed, a
+    cumulative window, or a re-delivered row would otherwise flatter the champion silently.
+    """
+    if rows_seen_by_champion is None:
+        return PromotionDecision(
+            "challenger",
+            f"the champion (v{champion_version}) has no record of the rows it trained on, so a comparison "
+            f"on {batch_id}'s held-out rows cannot be shown to be fair; promote by hand if intended",
+        )
+    if rows_seen_by_champion:
+        return PromotionDecision(
+            "challenger",
+            f"the champion (v{champion_version}) trained on {rows_seen_by_champion} of {batch_id}'s held-out "
+            "rows: no fair comparison on them; promote by hand if intended",
+        )
+    return None
+
+
+def gate_decision(
+    comparison: PairedComparison, champion_version: str, min_improvement: float, min_held_out_rows: int
+) -> PromotionDecision:
+    """Champion only when the whole interval of the improvement lies above `min_improvement`.
+
+    A point difference inside the noise (the standard error of ROC AUC on 1,000 rows is about
+    0.015) would otherwise swap champions on luck, back and forth. Too few rows decide nothing.
+    """
+    against = f"the champion (v{champion_version}): {comparison.describe()}"
+    if comparison.rows < min_held_out_rows:
+        return PromotionDecision(
+            "challenger",
+            f"too few held-out rows to decide ({comparison.rows}, needs {min_held_out_rows}) against {against}",
+            comparison,
+        )
+    if comparison.low > min_improvement:
+        return PromotionDecision("champion", f"beats {against}; needed above {min_improvement:g}", comparison)
+    return PromotionDecision(
+        "challenger", f"not surely better than {against}; needed above {min_improvement:g}", comparison
+    )
 
 
 def quality_problems(

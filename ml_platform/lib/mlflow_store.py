@@ -34,6 +34,8 @@ class _DropUnpinnedPipWarning(logging.Filter):
 logging.getLogger("mlflow.utils.environment").addFilter(_DropUnpinnedPipWarning())
 
 FLUENT_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+# The ids a model was fitted on, so a later comparison can prove it never saw the rows it is scored on.
+TRAINING_IDS_ARTIFACT = "split/training_ids.json"
 
 
 @dataclass
@@ -144,6 +146,7 @@ class MlflowStore:
                 "window": training.window,
                 "random_state": training.random_state,
                 "train_rows": len(split.train),
+                "validation_rows": len(split.validation),
             },
             metrics={**metrics, "fit_seconds": fitted.fit_seconds},
             tags={
@@ -151,12 +154,28 @@ class MlflowStore:
                 "code_version": code_version(),
                 "config_hash": config.config_hash(),
                 **{f"lib.{lib}": version for lib, version in library_versions().items()},
+                **split.provenance.as_tags(),
                 **tags,
             },
             model=fitted.pipeline,
             input_example=split.x_train.head(5),
-            artifacts={"config.json": config.loggable()},
+            artifacts={
+                "config.json": config.loggable(),
+                TRAINING_IDS_ARTIFACT: {"id_column": split.id_column, "ids": split.training_ids()},
+            },
         )
+
+    def training_ids(self, run_id: str) -> set[str] | None:
+        """The ids of the rows the run's model was fitted on, or None when the run did not record them."""
+        import mlflow.artifacts
+        from mlflow.exceptions import MlflowException
+
+        with tracking_uri_in_use(self.tracking_uri):
+            try:
+                recorded = mlflow.artifacts.load_dict(f"runs:/{run_id}/{TRAINING_IDS_ARTIFACT}")
+            except (MlflowException, OSError):
+                return None
+        return set(recorded["ids"])
 
     def log_artifacts(self, run_id: str, files: list[Path], artifact_path: str = "evaluation") -> None:
         """Add `files` to an existing (even finished) run, under `artifact_path`."""
@@ -194,8 +213,19 @@ class MlflowStore:
         with tracking_uri_in_use(self.tracking_uri):
             return mlflow.sklearn.load_model(model_uri)
 
+    def version_for_run(self, model_name: str, run_id: str):
+        """The version of `model_name` registered from `run_id`, or None: what a retried step registered."""
+        versions = self.client().search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+        return min(versions, key=lambda version: int(version.version)) if versions else None
+
     def register(self, model_name: str, model_uri: str, run_id: str, alias: str, tags: dict[str, str]) -> str:
-        """Register `model_uri` as a new version of `model_name` and give it `alias`. Returns the version."""
+        """Register `model_uri` as a version of `model_name` with `tags`, then give it `alias`.
+        Returns the version.
+
+        Retry-safe: a version already registered from `run_id` (by an attempt that failed later) is
+        reused, its tags updated, instead of registering the same model again; the alias moves only
+        after the tags (the decision) are written, and `set_alias` records each move once.
+        """
         from mlflow.exceptions import MlflowException
 
         # MLflow resolves a `models:/<id>` source through the fluent API's tracking URI.
@@ -207,9 +237,17 @@ class MlflowStore:
                 if error.error_code != "RESOURCE_DOES_NOT_EXIST":  # as in champion_version
                     raise
                 client.create_registered_model(model_name, description="Best model per batch, promoted by ml_platform.")
-            version = client.create_model_version(model_name, source=model_uri, run_id=run_id, tags=tags)
-            set_alias(client, model_name, alias, str(version.version), reason=tags.get("promotion_reason", ""))
-        return str(version.version)
+            existing = self.version_for_run(model_name, run_id)
+            if existing is None:
+                version = str(
+                    client.create_model_version(model_name, source=model_uri, run_id=run_id, tags=tags).version
+                )
+            else:
+                version = str(existing.version)
+                for key, value in tags.items():
+                    client.set_model_version_tag(model_name, version, key, value)
+            set_alias(client, model_name, alias, version, reason=tags.get("promotion_reason", ""))
+        return version
 
 
 @contextlib.contextmanager

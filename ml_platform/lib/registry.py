@@ -84,15 +84,28 @@ def current_holder(client, model_name: str, alias: str) -> str | None:
 
 
 def set_alias(client, model_name: str, alias: str, version: str, reason: str = "", action: str = "promote"):
-    """Give `alias` to `version` and record the move. Returns the event."""
+    """Give `alias` to `version` and record the move. Returns the event.
+
+    Safe to repeat: when `version` already holds the alias and the newest event says so, nothing is
+    written and that event is returned; when it holds it but the event is missing (a step that died
+    between the two writes), only the event is written. So a retried step records each move once.
+    """
     model = _registered_model(client, model_name)
     _existing_version(client, model_name, version)
-    previous = model.aliases.get(alias)
+    holder = model.aliases.get(alias)
+    moves = [event for _, event in _recorded_events(model) if event.alias == alias]
+    last = moves[-1] if moves else None
+    if holder is not None and str(holder) == str(version):
+        if last is not None and last.version == str(version):
+            return last
+        previous = last.version if last else None
+    else:
+        previous = None if holder is None else str(holder)
     event = AliasEvent(
         alias=alias,
         version=str(version),
         action=action,
-        previous=None if previous is None else str(previous),
+        previous=previous,
         at=datetime.now(UTC).isoformat(timespec="seconds"),
         reason=reason[:MAX_REASON_CHARS],
     )

@@ -6,8 +6,10 @@ feature columns and nothing has to be re-implemented at serving time.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 from sklearn.compose import ColumnTransformer
@@ -37,12 +39,41 @@ ESTIMATORS = {
 NON_FEATURE_COLUMNS = ("batch_id",)
 
 
+class SplitLeakError(ValueError):
+    """Rows of one part of a split are also in another: a model would be judged on rows it saw."""
+
+
+@dataclass(frozen=True)
+class SplitProvenance:
+    """How a model's held-out rows were chosen, recorded with every model so a later comparison can
+    tell whether two models were scored on the same rows, and whether either trained on them."""
+
+    batch: str
+    seed: int
+    test_size: float
+    validation_size: float
+    stratified: bool
+    held_out_rows: int
+    held_out_ids_sha256: str
+
+    TAG_PREFIX = "split."
+
+    def as_tags(self) -> dict[str, str]:
+        return {f"{self.TAG_PREFIX}{name}": str(value) for name, value in self.__dict__.items()}
+
+
 @dataclass
 class TrainTestSplit:
+    """`train` is what models fit on, `validation` (rows of the current batch, possibly none) what
+    the candidates are compared on to pick a winner, `test` the held-out rows the promotion gate uses."""
+
     train: pd.DataFrame
     test: pd.DataFrame
     target: str
     feature_columns: list[str]
+    id_column: str
+    provenance: SplitProvenance
+    validation: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def x_train(self) -> pd.DataFrame:
@@ -59,6 +90,21 @@ class TrainTestSplit:
     @property
     def y_test(self) -> pd.Series:
         return self.test[self.target]
+
+    @property
+    def x_validation(self) -> pd.DataFrame:
+        return self.validation[self.feature_columns]
+
+    @property
+    def y_validation(self) -> pd.Series:
+        return self.validation[self.target]
+
+    def training_ids(self) -> list[str]:
+        """The ids of every row a model fitted on this split has seen, as text."""
+        return self.train[self.id_column].astype(str).tolist()
+
+    def held_out_ids(self) -> list[str]:
+        return self.test[self.id_column].astype(str).tolist()
 
 
 def split_train_test(
@@ -86,8 +132,62 @@ def split_train_test(
     train, test = train_test_split(
         current, test_size=training.test_size, random_state=training.random_state, stratify=stratify
     )
-    train = pd.concat([ordered[~is_current], train])
-    return TrainTestSplit(train.reset_index(drop=True), test.reset_index(drop=True), data.target, feature_columns)
+    train = pd.concat([ordered[~is_current], train]).reset_index(drop=True)
+    test = test.reset_index(drop=True)
+    provenance = SplitProvenance(
+        batch=current_batch,
+        seed=training.random_state,
+        test_size=training.test_size,
+        validation_size=0.0,
+        stratified=stratify is not None,
+        held_out_rows=len(test),
+        held_out_ids_sha256=ids_hash(test[data.id_column]),
+    )
+    split = TrainTestSplit(train, test, data.target, feature_columns, data.id_column, provenance)
+    assert_no_leak(split)
+    return split
+
+
+def carve_validation(split: TrainTestSplit, data: DataConfig, training: TrainingConfig) -> TrainTestSplit:
+    """Move `training.validation_size` of the current batch's training rows into a validation part.
+
+    The candidates are compared on these rows to pick a winner, so that the held-out rows stay
+    untouched for the promotion gate: picking the best of several on the rows that then judge it
+    against the champion would flatter the winner (the best of three noisy scores is biased up).
+    Taken from the current batch only, seeded and stratified like the held-out split.
+    """
+    provenance = replace(split.provenance, validation_size=training.validation_size)
+    is_current = split.train["batch_id"] == split.provenance.batch
+    current = split.train[is_current]
+    stratify = current[data.target] if data.task == "classification" else None
+    fit, validation = train_test_split(
+        current, test_size=training.validation_size, random_state=training.random_state, stratify=stratify
+    )
+    train = pd.concat([split.train[~is_current], fit]).reset_index(drop=True)
+    carved = replace(split, train=train, validation=validation.reset_index(drop=True), provenance=provenance)
+    assert_no_leak(carved)
+    return carved
+
+
+def ids_hash(ids: pd.Series) -> str:
+    """sha256 of a set of ids, whatever their order: equal when two splits hold out the same rows."""
+    return hashlib.sha256("\n".join(sorted(ids.astype(str))).encode()).hexdigest()
+
+
+def assert_no_leak(split: TrainTestSplit) -> None:
+    """Raise SplitLeakError when an id is in two parts of the split.
+
+    An id delivered twice (two batches, or twice in the window) could otherwise sit in the training
+    rows and the held-out rows at once, and every score on those rows would be flattered.
+    """
+    parts = {"training": split.train, "validation": split.validation, "held-out": split.test}
+    ids = {part: set(frame[split.id_column].astype(str)) for part, frame in parts.items() if not frame.empty}
+    for (first, first_ids), (second, second_ids) in itertools.combinations(ids.items(), 2):
+        if shared := first_ids & second_ids:
+            raise SplitLeakError(
+                f"{len(shared)} id(s) of {split.id_column!r} are in both the {first} and the {second} rows "
+                f"(e.g. {min(shared)!r}): a model would be scored on rows it trained on"
+            )
 
 
 def build_pipeline(task: str, model_type: str, params: dict, x: pd.DataFrame, random_state: int) -> Pipeline:

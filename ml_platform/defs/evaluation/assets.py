@@ -1,5 +1,7 @@
 """Evaluation: the report comparing every candidate, and the champion in the Model Registry."""
 
+import dataclasses
+
 import dagster as dg
 
 from ml_platform.defs.evaluation.plots import publish_evaluation_plots
@@ -9,12 +11,16 @@ from ml_platform.defs.training.assets import TrainedCandidate, TrainingData
 from ml_platform.lib.config import PlatformConfig, code_version
 from ml_platform.lib.evaluation import (
     PromotionDecision,
-    champion_saw_batch,
-    decide_promotion,
+    earlier_than_champion,
+    first_champion,
+    gate_decision,
     metrics_table_markdown,
+    paired_bootstrap,
     pick_winner,
+    predict,
     quality_problems,
-    score,
+    recorded_decision,
+    unfair_comparison,
 )
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
 from ml_platform.resources.reports import ReportsResource
@@ -48,8 +54,9 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
         training_data: TrainingData,
         **candidates: TrainedCandidate,
     ) -> dg.Output[dict]:
+        # The winner is picked on the validation rows, so the held-out rows stay unbiased for the gate.
+        winner = pick_winner({c.name: c.validation_metrics for c in candidates.values()}, metric, mode)
         scores = {candidate.name: candidate.metrics for candidate in candidates.values()}
-        winner = pick_winner(scores, metric, mode)
         table = metrics_table_markdown(scores, task, winner)
         report = {
             "batch": context.partition_key,
@@ -57,10 +64,12 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
             "primary_metric": metric,
             "mode": mode,
             "winner": winner,
+            "winner_chosen_on": "validation",
             "candidates": {
                 c.name: {
                     "model_type": c.model_type,
                     "metrics": c.metrics,
+                    "validation_metrics": c.validation_metrics,
                     "params": c.params,
                     "mlflow_run_id": c.run_id,
                     "model_uri": c.model_uri,
@@ -75,17 +84,23 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
             metadata={
                 "winner": winner,
                 f"winner_{metric}": dg.MetadataValue.float(scores[winner][metric]),
+                f"winner_validation_{metric}": dg.MetadataValue.float(
+                    candidates[f"{winner}_model"].validation_metrics[metric]
+                ),
                 "metrics": dg.MetadataValue.md(table),
                 "report_file": dg.MetadataValue.path(str(path)),
                 **plots,
             },
         )
 
+    rules = code_version(config.promotion)
+
     @dg.asset(
         partitions_def=batch_partitions,
         group_name="evaluation",
         kinds={"mlflow"},
-        code_version=code_version(config.promotion),
+        ins={**model_assets, **plot_inputs, "evaluation_report": dg.AssetIn(key="evaluation_report")},
+        code_version=rules,
         pool="model_registry",
         retry_policy=EXTERNAL_SYSTEM_RETRY,
         check_specs=[
@@ -97,75 +112,72 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
                 "than the champion (`notifications.quality`). A failure notifies; the run still succeeds.",
             )
         ],
-        description="The batch's winner registered in the MLflow Model Registry: alias `champion` if it beats "
-        "the current champion on this batch's held-out data by the configured margin, else `challenger`.",
+        description="The batch's winner registered in the MLflow Model Registry: alias `champion` only if it "
+        "comes from a batch no older than the champion's, the champion never trained on this batch's held-out "
+        f"rows, and a paired bootstrap on those rows puts the whole {config.promotion.confidence:.0%} interval "
+        f"of the improvement above {config.promotion.min_improvement:g}; else `challenger`, with the reason.",
     )
     def champion_model(
         context: dg.AssetExecutionContext,
+        reports: ReportsResource,
         evaluation_report: dict,
         training_data: TrainingData,
         mlflow: MlflowTrackingResource,
+        **candidates: TrainedCandidate,
     ) -> dg.MaterializeResult:
         model_name = config.promotion.registered_model_name
-        winner = evaluation_report["candidates"][evaluation_report["winner"]]
-        # The report scored every candidate on this batch's held-out rows; the champion is scored
-        # on the very same rows, unless it has trained on them (see champion_saw_batch).
-        challenger_score = winner["metrics"][metric]
-        split = training_data.split
+        batch_id = context.partition_key
+        winner = candidates[f"{evaluation_report['winner']}_model"]
         incumbent = mlflow.store.champion_version(model_name)
-        champion_score = None
-        if incumbent is None:
-            decision = decide_promotion(metric, mode, config.promotion.min_improvement, challenger_score, None)
-        elif champion_saw_batch(
-            incumbent.tags.get("window"),
-            incumbent.tags.get("batch"),
-            context.partition_key,
-            context.instance.get_dynamic_partitions(batch_partitions.name),
-        ):
-            decision = PromotionDecision(
-                "challenger",
-                f"the champion (v{incumbent.version}) was trained on a cumulative window up to "
-                f"{incumbent.tags['batch']}, which holds this batch's held-out rows: no fair comparison; "
-                "promote by hand if intended",
-            )
+        champion_now = incumbent and str(incumbent.version)
+        # A retry (of the step or the run) finds what an earlier attempt registered from this winner.
+        earlier = mlflow.store.version_for_run(model_name, winner.run_id)
+        decision = earlier and recorded_decision(earlier.tags, str(earlier.version), champion_now, rules)
+        if decision:
+            against = earlier.tags["decision.incumbent"] or None
+            context.log.info(f"v{earlier.version} was registered from this winner before; its decision stands")
         else:
-            champion = mlflow.store.load_model(f"models:/{model_name}/{incumbent.version}")
-            try:
-                champion_score = score(task, champion, split.x_test, split.y_test)[metric]
-            except (ValueError, KeyError, TypeError) as error:  # the old model cannot read the new data
-                decision = PromotionDecision(
-                    "challenger",
-                    f"the champion (v{incumbent.version}) cannot be scored on this batch's held-out data "
-                    f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); promote by hand if intended",
-                )
-            else:
-                decision = decide_promotion(
-                    metric, mode, config.promotion.min_improvement, challenger_score, champion_score
-                )
+            against = champion_now
+            decision = decide(context, mlflow, incumbent, winner, training_data)
         version = mlflow.store.register(
             model_name,
-            winner["model_uri"],
-            winner["mlflow_run_id"],
+            winner.model_uri,
+            winner.run_id,
             alias=decision.alias,
             tags={
-                "batch": context.partition_key,
+                "batch": batch_id,
                 "window": config.training.window,
-                "model_name": evaluation_report["winner"],
-                metric: f"{challenger_score:.6f}",
-                "promotion_reason": decision.reason,
+                "model_name": winner.name,
+                metric: f"{winner.metrics[metric]:.6f}",
+                **training_data.split.provenance.as_tags(),
+                **decision.as_tags(against, rules),
                 "dagster.run_id": context.run.run_id,
             },
         )
         context.log.info(f"{model_name} v{version} is {decision.alias}: {decision.reason}")
-        current = version if decision.alias == "champion" else incumbent.version
+        comparison = decision.comparison
+        champion_score = comparison.champion if comparison else None
+        reports.write_json(
+            batch_id,
+            "promotion_decision",
+            {
+                "registered_model": model_name,
+                "version": version,
+                "alias": decision.alias,
+                "reason": decision.reason,
+                "against": against,
+                "comparison": comparison and dataclasses.asdict(comparison),
+            },
+        )
         problems = quality_problems(
             metric,
             mode,
-            challenger_score,
+            winner.metrics[metric],
             champion_score,
             quality.primary_metric_threshold,
             quality.max_drop_vs_champion,
         )
+        current = version if decision.alias == "champion" else against
         return dg.MaterializeResult(
             check_results=[
                 dg.AssetCheckResult(
@@ -174,8 +186,8 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
                     severity=dg.AssetCheckSeverity.WARN,
                     description="; ".join(problems) or None,
                     metadata={
-                        "model": evaluation_report["winner"],
-                        metric: dg.MetadataValue.float(challenger_score),
+                        "model": winner.name,
+                        metric: dg.MetadataValue.float(winner.metrics[metric]),
                         **({"champion": dg.MetadataValue.float(champion_score)} if champion_score is not None else {}),
                     },
                 )
@@ -186,14 +198,67 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
                 "alias": decision.alias,
                 "reason": decision.reason,
                 "champion_version": str(current),
-                f"challenger_{metric}": dg.MetadataValue.float(challenger_score),
+                f"challenger_{metric}": dg.MetadataValue.float(winner.metrics[metric]),
                 **(
-                    {f"previous_champion_{metric}": dg.MetadataValue.float(champion_score)}
-                    if champion_score is not None
+                    {
+                        f"previous_champion_{metric}": dg.MetadataValue.float(comparison.champion),
+                        "improvement": dg.MetadataValue.float(comparison.improvement),
+                        "interval_low": dg.MetadataValue.float(comparison.low),
+                        "interval_high": dg.MetadataValue.float(comparison.high),
+                        "held_out_rows": comparison.rows,
+                    }
+                    if comparison
                     else {}
                 ),
-                "mlflow_run": dg.MetadataValue.url(mlflow.store.run_url(winner["mlflow_run_id"])),
+                "mlflow_run": dg.MetadataValue.url(mlflow.store.run_url(winner.run_id)),
             },
         )
+
+    def decide(
+        context: dg.AssetExecutionContext,
+        mlflow: MlflowTrackingResource,
+        incumbent,
+        winner: TrainedCandidate,
+        training_data: TrainingData,
+    ) -> PromotionDecision:
+        """The promotion rules in order: first champion, batch order, a fair comparison, the gate."""
+        if incumbent is None:
+            return first_champion(metric, winner.metrics[metric])
+        batch_id, champion = context.partition_key, str(incumbent.version)
+        split = training_data.split
+        ordered = context.instance.get_dynamic_partitions(batch_partitions.name)
+        return (
+            earlier_than_champion(batch_id, champion, incumbent.tags.get("batch"), ordered)
+            or unfair_comparison(batch_id, champion, held_out_rows_seen(mlflow, incumbent, split))
+            or compare_with_champion(mlflow, incumbent, winner, split)
+        )
+
+    def held_out_rows_seen(mlflow: MlflowTrackingResource, incumbent, split) -> int | None:
+        """How many of the held-out rows the champion was fitted on; None when it did not record it."""
+        trained_on = mlflow.store.training_ids(incumbent.run_id)
+        return None if trained_on is None else len(trained_on & set(split.held_out_ids()))
+
+    def compare_with_champion(mlflow, incumbent, winner: TrainedCandidate, split) -> PromotionDecision:
+        promotion = config.promotion
+        champion_model = mlflow.store.load_model(f"models:/{promotion.registered_model_name}/{incumbent.version}")
+        try:
+            champion_predictions = predict(task, champion_model, split.x_test)
+        except (ValueError, KeyError, TypeError) as error:  # the old model cannot read the new data
+            return PromotionDecision(
+                "challenger",
+                f"the champion (v{incumbent.version}) cannot be scored on this batch's held-out data "
+                f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); promote by hand if intended",
+            )
+        comparison = paired_bootstrap(
+            metric,
+            mode,
+            split.y_test,
+            winner.held_out,
+            champion_predictions,
+            promotion.bootstrap_samples,
+            promotion.confidence,
+            config.seed,
+        )
+        return gate_decision(comparison, str(incumbent.version), promotion.min_improvement, promotion.min_held_out_rows)
 
     return [evaluation_report, champion_model]

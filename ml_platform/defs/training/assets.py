@@ -18,9 +18,9 @@ from ml_platform.lib.config import (
     code_version,
     fingerprint,
 )
-from ml_platform.lib.evaluation import score
+from ml_platform.lib.evaluation import Predictions, metrics_of, predict, score
 from ml_platform.lib.provenance import frame_hash
-from ml_platform.lib.training import TrainTestSplit, fit_model, split_train_test
+from ml_platform.lib.training import TrainTestSplit, carve_validation, fit_model, split_train_test
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
 from ml_platform.resources.warehouse import WarehouseResource
 
@@ -38,12 +38,17 @@ class TrainingData:
 
 @dataclass
 class TrainedCandidate:
-    """What downstream steps need of a trained model; the model itself lives in MLflow."""
+    """What downstream steps need of a trained model; the model itself lives in MLflow.
+
+    `validation_metrics` pick the winner; `metrics` and `held_out` (its predictions of the held-out
+    rows, for the promotion gate's paired comparison) are on the rows no candidate was chosen on."""
 
     name: str
     model_type: str
     params: dict[str, Any]
     metrics: dict[str, float]
+    validation_metrics: dict[str, float]
+    held_out: Predictions
     run_id: str
     model_uri: str
 
@@ -62,18 +67,21 @@ def build_training_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
         group_name="training",
         deps=[FEATURES_KEY],
         code_version=code_version(config.data, config.training),
-        description="Seeded train/test split of the batch's features "
-        f"(window: {config.training.window}, test size {config.training.test_size}).",
+        description="Seeded split of the batch's features into training, validation (picks the winner) and "
+        f"held-out rows (the promotion gate's): window {config.training.window}, test size "
+        f"{config.training.test_size}, validation size {config.training.validation_size}.",
     )
     def training_data(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.Output[TrainingData]:
-        training_set = prepare_training_data(context, config.data, config.training, warehouse)
+        training_set = prepare_training_data(context, config.data, config.training, warehouse, validation=True)
         split = training_set.split
         return dg.Output(
             training_set,
             metadata={
-                "dagster/row_count": len(split.train) + len(split.test),
+                "dagster/row_count": len(split.train) + len(split.validation) + len(split.test),
                 "train_rows": len(split.train),
+                "validation_rows": len(split.validation),
                 "test_rows": len(split.test),
+                "held_out_ids_sha256": split.provenance.held_out_ids_sha256,
                 "batches": ", ".join(training_set.batches),
                 "data_hash": training_set.data_hash,
                 "feature_columns": ", ".join(split.feature_columns),
@@ -84,12 +92,19 @@ def build_training_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
 
 
 def prepare_training_data(
-    context: dg.OpExecutionContext, data: DataConfig, training: TrainingConfig, warehouse: WarehouseResource
+    context: dg.OpExecutionContext,
+    data: DataConfig,
+    training: TrainingConfig,
+    warehouse: WarehouseResource,
+    validation: bool = False,
 ) -> TrainingData:
-    """The batch's features (with earlier batches' under a cumulative window), split and hashed."""
+    """The batch's features (with earlier batches' under a cumulative window), split and hashed;
+    `validation` also carves the rows the candidates are compared on out of the training rows."""
     batches = training_window(context, training.window, warehouse)
     features = warehouse.warehouse.read_table(batches, "features")
     split = split_train_test(features, data, training, context.partition_key)
+    if validation:
+        split = carve_validation(split, data, training)
     return TrainingData(split=split, batches=batches, data_hash=frame_hash(features))
 
 
@@ -134,13 +149,16 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
             **canonical_param_names(spec.type, spec.params),
             **canonical_param_names(spec.type, config.params),
         }
-        fitted = fit_model(platform.data.task, spec.type, params, split, platform.training.random_state)
-        metrics = score(platform.data.task, fitted.pipeline, split.x_test, split.y_test)
+        task = platform.data.task
+        fitted = fit_model(task, spec.type, params, split, platform.training.random_state)
+        held_out = predict(task, fitted.pipeline, split.x_test)
+        metrics = metrics_of(task, split.y_test, held_out)
+        validation_metrics = score(task, fitted.pipeline, split.x_validation, split.y_validation)
         run_id, model_uri = mlflow.store.log_fitted_model(
             run_name=f"{name}-{context.partition_key}",
             model_type=spec.type,
             fitted=fitted,
-            metrics=metrics,
+            metrics={**metrics, **{f"validation_{metric}": value for metric, value in validation_metrics.items()}},
             split=split,
             training=platform.training,
             data_hash=training_data.data_hash,
@@ -153,9 +171,15 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
             # would print once per model on every `ml-platform run` and say nothing a user can act on.
             warnings.simplefilter("ignore", dg.BetaWarning)
             output = dg.Output(
-                TrainedCandidate(name, spec.type, fitted.params, metrics, run_id, model_uri),
+                TrainedCandidate(
+                    name, spec.type, fitted.params, metrics, validation_metrics, held_out, run_id, model_uri
+                ),
                 metadata={
                     **{metric: dg.MetadataValue.float(value) for metric, value in metrics.items()},
+                    **{
+                        f"validation_{metric}": dg.MetadataValue.float(value)
+                        for metric, value in validation_metrics.items()
+                    },
                     "fit_seconds": fitted.fit_seconds,
                     "mlflow_run_id": run_id,
                     "model_uri": model_uri,
