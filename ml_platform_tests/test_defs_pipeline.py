@@ -121,8 +121,10 @@ def test_one_mlflow_run_per_model_per_batch_with_provenance(three_runs):
 def test_evaluation_report_names_winner_in_metadata_and_json(three_runs):
     platform, results = three_runs
     report = results["batch_0001"].output_for_node("evaluation_report")
-    scores = {name: c["metrics"]["roc_auc"] for name, c in report["candidates"].items()}
+    # Picked on the validation rows: the held-out ones are the promotion gate's alone.
+    scores = {name: c["validation_metrics"]["roc_auc"] for name, c in report["candidates"].items()}
     assert report["winner"] == max(scores, key=scores.get)
+    assert report["winner_chosen_on"] == "validation"
     on_disk = json.loads((platform.settings.reports_dir / "batch_0001" / "evaluation_report.json").read_text())
     latest = results["rerun"].output_for_node("evaluation_report")  # the file holds the latest run's report
     assert on_disk == json.loads(json.dumps(latest))
@@ -147,8 +149,8 @@ def test_first_winner_becomes_champion_and_a_weaker_one_only_challenger(three_ru
     assert str(champion.version) == "1" and champion.tags["batch"] == "batch_0001"
     assert challenger.tags["batch"] == "batch_0002"
     assert champion.tags["promotion_reason"].startswith("no current champion")
-    assert "does not beat the champion" in challenger.tags["promotion_reason"]
-    assert "roc_auc" in challenger.tags["promotion_reason"]
+    assert challenger.tags["promotion_reason"].startswith("not surely better than the champion (v1): roc_auc")
+    assert "needed above 0.5" in challenger.tags["promotion_reason"]
     winner_of_batch_2 = results["batch_0002"].output_for_node("evaluation_report")["winner"]
     assert challenger.tags["model_name"] == winner_of_batch_2
 
@@ -166,18 +168,17 @@ def test_rerunning_a_batch_unchanged_replaces_its_data_and_cannot_beat_its_own_c
     name = platform.config.promotion.registered_model_name
     rerun = client.get_model_version_by_alias(name, "challenger")
     assert str(rerun.version) == "3" and rerun.tags["batch"] == "batch_0001"
-    assert rerun.tags["promotion_reason"].startswith("does not beat the champion")
+    # Same data, config and seeds: the same model, so exactly no improvement.
+    assert rerun.tags["promotion_reason"].startswith("not surely better than the champion (v1)")
+    assert rerun.tags["decision.comparison.improvement"] == "0.0"
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
 
 
 def test_challenger_that_beats_the_champion_takes_the_alias(platform: PlatformUnderTest):
     first, second = platform.write_batches(2, rows=2000)
+    # One stump: clearly worse than the next batch's winner, beyond the noise of 400 held-out rows.
     crippled = small_config(
-        **{
-            "models.random_forest.params": {"n_estimators": 1, "max_depth": 1},
-            "models.gradient_boosting.params": {"n_estimators": 1, "max_depth": 1},
-            "models.logistic_regression.params": {"C": 1e-6},
-        }
+        **{"models": {"random_forest": {"type": "random_forest", "params": {"n_estimators": 1, "max_depth": 1}}}}
     )
     assert platform.materialize(first, config=crippled).success
     assert platform.materialize(second).success
@@ -185,11 +186,13 @@ def test_challenger_that_beats_the_champion_takes_the_alias(platform: PlatformUn
     name = platform.config.promotion.registered_model_name
     champion = client.get_model_version_by_alias(name, "champion")
     assert str(champion.version) == "2"
-    assert champion.tags["promotion_reason"].startswith("beats the champion on this batch's held-out data")
+    assert champion.tags["promotion_reason"].startswith("beats the champion (v1): roc_auc")
     events = platform.instance.fetch_materializations(dg.AssetKey("champion_model"), limit=1).records
     metadata = events[0].asset_materialization.metadata
     assert metadata["alias"].value == "champion" and metadata["champion_version"].value == "2"
     assert metadata["previous_champion_roc_auc"].value < metadata["challenger_roc_auc"].value
+    assert 0 < metadata["interval_low"].value < metadata["improvement"].value < metadata["interval_high"].value
+    assert metadata["held_out_rows"].value == 400
 
 
 def test_rematerializing_a_batch_replaces_it(platform: PlatformUnderTest):
@@ -211,7 +214,7 @@ def test_cumulative_window_trains_on_every_batch_up_to_this_one(platform: Platfo
     result = platform.materialize(batches[1], config=config, selection=["training_data"])
     data = result.output_for_node("training_data")
     assert data.batches == ["batch_0001", "batch_0002"]  # batch 3 is later: not in batch 2's window
-    assert len(data.split.train) + len(data.split.test) == 2000
+    assert len(data.split.train) + len(data.split.validation) + len(data.split.test) == 2000
     assert set(data.split.test["batch_id"]) == {"batch_0002"}
 
 
