@@ -29,12 +29,20 @@ import jinja2
 
 import ml_platform
 from ml_platform.lib.batches import batch_file
-from ml_platform.lib.config import PlatformConfig, canonical_param_names, load_config
-from ml_platform.lib.evaluation import decide_promotion, pick_winner, score
+from ml_platform.lib.config import PlatformConfig, canonical_param_names, code_version, load_config
+from ml_platform.lib.evaluation import (
+    decide_on_held_out_rows,
+    first_champion,
+    metrics_of,
+    pick_winner,
+    predict,
+    score,
+    unfair_comparison,
+)
 from ml_platform.lib.ingestion import ingest_batch
 from ml_platform.lib.provenance import frame_hash
 from ml_platform.lib.settings import Settings
-from ml_platform.lib.training import fit_model, split_train_test
+from ml_platform.lib.training import carve_validation, fit_model, split_train_test
 
 DBT_MODELS = Path(ml_platform.__file__).resolve().parent / "dbt_project" / "models"
 
@@ -112,17 +120,21 @@ def main(argv: list[str] | None = None) -> int:
         build_features(con, config, batch_id)
         features = con.execute('SELECT * FROM "features"').df()
     lap("features")
-    split = split_train_test(features, config.data, training, batch_id)
+    split = carve_validation(split_train_test(features, config.data, training, batch_id), config.data, training)
     data_hash = frame_hash(features) if store else None
     lap("split")
 
     fake_run_id = str(uuid.uuid4())  # stands in for the Dagster run id in the tags
     scores: dict[str, dict[str, float]] = {}
+    validation_scores: dict[str, dict[str, float]] = {}
+    held_out = {}
     logged: dict[str, tuple[str, str]] = {}
     fit_seconds: dict[str, float] = {}
     for name, spec in config.models.items():
         fitted = fit_model(task, spec.type, canonical_param_names(spec.type, spec.params), split, training.random_state)
-        metrics = score(task, fitted.pipeline, split.x_test, split.y_test)
+        held_out[name] = predict(task, fitted.pipeline, split.x_test)
+        metrics = metrics_of(task, split.y_test, held_out[name])
+        validation_scores[name] = score(task, fitted.pipeline, split.x_validation, split.y_validation)
         scores[name], fit_seconds[name] = metrics, fitted.fit_seconds
         lap(f"{name}_fit_score")
         if store:
@@ -130,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_name=f"{name}-{batch_id}",
                 model_type=spec.type,
                 fitted=fitted,
-                metrics=metrics,
+                metrics={**metrics, **{f"validation_{m}": value for m, value in validation_scores[name].items()}},
                 split=split,
                 training=training,
                 data_hash=data_hash,
@@ -147,18 +159,28 @@ def main(argv: list[str] | None = None) -> int:
             lap(f"{name}_mlflow")
 
     metric, mode = config.promotion.primary_metric, config.primary_metric_mode
-    winner = pick_winner(scores, metric, mode)
+    winner = pick_winner(validation_scores, metric, mode)
     lap("evaluate")
     champion: dict[str, str] = {}
     if store:
         model_name = config.promotion.registered_model_name
         challenger_score = scores[winner][metric]
         incumbent = store.champion_version(model_name)
-        champion_score = None
-        if incumbent is not None:  # not in a fresh home; scored on the same held-out rows, as the asset does
+        if incumbent is None:
+            decision = first_champion(metric, challenger_score)
+        else:  # not in a fresh home: the asset's fairness check and gate on the same held-out rows
+            trained_on = store.training_ids(incumbent.run_id)
+            seen = None if trained_on is None else len(trained_on & set(split.held_out_ids()))
             model = store.load_model(f"models:/{model_name}/{incumbent.version}")
-            champion_score = score(task, model, split.x_test, split.y_test)[metric]
-        decision = decide_promotion(metric, mode, config.promotion.min_improvement, challenger_score, champion_score)
+            decision = unfair_comparison(batch_id, str(incumbent.version), seen) or decide_on_held_out_rows(
+                config.promotion,
+                mode,
+                config.seed,
+                split.y_test,
+                held_out[winner],
+                predict(task, model, split.x_test),
+                str(incumbent.version),
+            )
         run_id, model_uri = logged[winner]
         version = store.register(
             model_name,
@@ -170,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                 "window": training.window,
                 "model_name": winner,
                 metric: f"{challenger_score:.6f}",
-                "promotion_reason": decision.reason,
+                **split.provenance.as_tags(),
+                **decision.as_tags(incumbent and str(incumbent.version), code_version(config.promotion)),
                 "dagster.run_id": fake_run_id,
             },
         )
@@ -189,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                 "steps": steps,
                 "rows": summary.rows,
                 "train_rows": len(split.train),
+                "validation_rows": len(split.validation),
                 "test_rows": len(split.test),
                 "winner": winner,
                 "models": scores,

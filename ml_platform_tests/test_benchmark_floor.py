@@ -84,7 +84,7 @@ def test_floor_trains_and_logs_what_the_platform_does(platform: PlatformUnderTes
     assert set(platform_metrics) == set(platform.config.models)
     for floor in (bare, tracked):
         assert floor["rows"] == 2000
-        assert (floor["train_rows"], floor["test_rows"]) == (1600, 400)
+        assert (floor["train_rows"], floor["validation_rows"], floor["test_rows"]) == (1200, 400, 400)
         assert_same_metrics(floor["models"], platform_metrics)
         assert floor["winner"] == report["winner"]
     assert bare["mlflow_run_ids"] == {} and bare["champion"] == {}

@@ -102,7 +102,13 @@ def test_the_graph_flows_from_ingestion_to_the_champion(tmp_path: Path):
         "gradient_boosting_model",
         "logistic_regression_model",
     }
-    assert parents("champion_model") == {"evaluation_report", "training_data"}
+    assert parents("champion_model") == {  # the winner's held-out predictions, for the paired comparison
+        "evaluation_report",
+        "training_data",
+        "random_forest_model",
+        "gradient_boosting_model",
+        "logistic_regression_model",
+    }
 
 
 def test_one_model_asset_per_configured_algorithm(tmp_path: Path):

@@ -10,7 +10,7 @@ import pandas as pd
 from scipy.stats import rankdata
 from sklearn import metrics as skm
 
-from ml_platform.lib.config import METRIC_DIRECTIONS
+from ml_platform.lib.config import METRIC_DIRECTIONS, PromotionConfig
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,22 @@ def _fmt(value: float | None) -> str:
 
 
 # ---------------------------------------------------------------- the promotion gate
+
+
+def decide_on_held_out_rows(
+    promotion: PromotionConfig,
+    mode: str,
+    seed: int,
+    y: pd.Series,
+    winner: Predictions,
+    champion: Predictions,
+    champion_version: str,
+) -> PromotionDecision:
+    """The gate's decision for a winner and a champion that both predicted the held-out rows `y`."""
+    comparison = paired_bootstrap(
+        promotion.primary_metric, mode, y, winner, champion, promotion.bootstrap_samples, promotion.confidence, seed
+    )
+    return gate_decision(comparison, champion_version, promotion.min_improvement, promotion.min_held_out_rows)
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,10 @@ from ml_platform.defs.training.assets import TrainedCandidate, TrainingData
 from ml_platform.lib.config import PlatformConfig, code_version
 from ml_platform.lib.evaluation import (
     PromotionDecision,
+    decide_on_held_out_rows,
     earlier_than_champion,
     first_champion,
-    gate_decision,
     metrics_table_markdown,
-    paired_bootstrap,
     pick_winner,
     predict,
     quality_problems,
@@ -249,16 +248,8 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
                 f"the champion (v{incumbent.version}) cannot be scored on this batch's held-out data "
                 f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); promote by hand if intended",
             )
-        comparison = paired_bootstrap(
-            metric,
-            mode,
-            split.y_test,
-            winner.held_out,
-            champion_predictions,
-            promotion.bootstrap_samples,
-            promotion.confidence,
-            config.seed,
+        return decide_on_held_out_rows(
+            promotion, mode, config.seed, split.y_test, winner.held_out, champion_predictions, str(incumbent.version)
         )
-        return gate_decision(comparison, str(incumbent.version), promotion.min_improvement, promotion.min_held_out_rows)
 
     return [evaluation_report, champion_model]
