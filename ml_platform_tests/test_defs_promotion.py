@@ -7,12 +7,16 @@ winner is v1 @champion, batch_0002's is v2) and re-runs only the steps it is abo
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
+from ml_platform.defs.registry_guard import REGISTRY_POOL
 from ml_platform.lib.registry import EVENT_TAG_PREFIX, alias_history, set_alias
-from ml_platform_tests.conftest import Cli, PlatformUnderTest, _platform, copy_home, small_config
+from ml_platform_tests.conftest import ML_PLATFORM, Cli, PlatformUnderTest, _platform, copy_home, small_config
 
 # What a changed model config re-runs: every model, the report and the decision (the split is unchanged).
 RETRAINED = ["random_forest_model", "gradient_boosting_model", "logistic_regression_model", "evaluation_report"]
@@ -151,3 +155,36 @@ def test_the_decision_is_recorded_in_the_report_and_the_version_with_its_interva
     assert version.tags["decision.comparison.rows"] == "300"
     assert version.tags["split.held_out_rows"] == "300" and len(version.tags["split.held_out_ids_sha256"]) == 64
     assert decision["reason"] == version.tags["promotion_reason"]
+
+
+def test_a_manual_promotion_waits_while_a_champion_step_holds_the_registry_pool(two_batches, tmp_path):
+    """`models promote` takes the pipeline's guard: it cannot land between a step's read and its write."""
+    platform = two_batches
+    storage = platform.instance.event_log_storage
+    storage.set_concurrency_slots(REGISTRY_POOL, 1)
+    assert storage.claim_concurrency_slot(REGISTRY_POOL, "a-pipeline-run", "champion_model").is_claimed
+    cli = Cli(tmp_path / "cli")
+    cli.overrides.update(ML_PLATFORM_HOME=str(platform.settings.home), DAGSTER_HOME=platform.instance.root_directory)
+    _, name = registry(platform)
+    before = str(holder(platform, "champion").version)
+    target = "2" if before == "1" else "1"
+    promoting = subprocess.Popen(
+        [ML_PLATFORM, "models", "promote", name, target], env=cli.env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not platform.instance.get_runs(dg.RunsFilter(job_name="registry_change")):
+            assert promoting.poll() is None and time.monotonic() < deadline, "the promotion neither waited nor ran"
+            time.sleep(0.5)
+        time.sleep(3)  # the run is there and waiting for the slot
+
+        assert promoting.poll() is None
+        assert str(holder(platform, "champion").version) == before
+
+        storage.free_concurrency_slot_for_step("a-pipeline-run", "champion_model")
+        stdout, _ = promoting.communicate(timeout=120)
+    finally:
+        promoting.kill()
+    assert promoting.returncode == 0
+    assert f"v{target} is now @champion (was v{before})" in stdout
+    assert str(holder(platform, "champion").version) == target

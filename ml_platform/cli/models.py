@@ -27,6 +27,14 @@ def _manager():
         fail(str(error))
 
 
+def _guarded(label: str, change):
+    """`change` one at a time with the pipeline's champion steps: a run in the registry's pool."""
+    from ml_platform.cli.common import dagster_instance
+    from ml_platform.defs.registry_guard import under_registry_guard
+
+    return under_registry_guard(dagster_instance(Settings.from_env()), label, change)
+
+
 @models_app.command("list")
 def list_models(as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False) -> None:
     """List registered models with their latest version and aliases.
@@ -55,7 +63,9 @@ def promote(
     Example: ml-platform models promote churn_classifier 3
     """
     with _manager() as manager:
-        event = manager.promote(name, version, alias, reason)
+        event = _guarded(
+            f"promote {name} v{version} to @{alias}", lambda: manager.promote(name, version, alias, reason)
+        )
     console.print(f"{name} v{event.version} is now @{alias} (was v{event.previous or '-'})")
 
 
@@ -69,7 +79,7 @@ def rollback(
     Example: ml-platform models rollback churn_classifier
     """
     with _manager() as manager:
-        event = manager.rollback(name, alias)
+        event = _guarded(f"roll back {name} @{alias}", lambda: manager.rollback(name, alias))
     console.print(f"{name} @{alias} rolled back: v{event.previous} -> v{event.version}")
 
 

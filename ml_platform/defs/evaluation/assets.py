@@ -6,6 +6,7 @@ import dagster as dg
 
 from ml_platform.defs.evaluation.plots import publish_evaluation_plots
 from ml_platform.defs.partitions import batch_partitions
+from ml_platform.defs.registry_guard import REGISTRY_POOL
 from ml_platform.defs.retries import EXTERNAL_SYSTEM_RETRY
 from ml_platform.defs.training.assets import TrainedCandidate, TrainingData
 from ml_platform.lib.config import PlatformConfig, code_version
@@ -100,7 +101,7 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
         kinds={"mlflow"},
         ins={**model_assets, **plot_inputs, "evaluation_report": dg.AssetIn(key="evaluation_report")},
         code_version=rules,
-        pool="model_registry",
+        pool=REGISTRY_POOL,
         retry_policy=EXTERNAL_SYSTEM_RETRY,
         check_specs=[
             dg.AssetCheckSpec(
