@@ -152,13 +152,13 @@ def test_the_next_command_fails_a_run_whose_process_died_holding_the_pool(killed
         [sys.executable, "-c", DIES_IN_THE_POOL], env=killed.cli.env, capture_output=True, text=True, timeout=120
     )
     assert died.returncode == -signal.SIGKILL, died.stderr
-    [dead] = killed.instance.get_runs(dg.RunsFilter(job_name="__ASSET_JOB", statuses=[dg.DagsterRunStatus.STARTED]))
+    job = "__ephemeral_asset_job__"  # dg.materialize's
+    [dead] = killed.instance.get_runs(dg.RunsFilter(job_name=job, statuses=[dg.DagsterRunStatus.STARTED]))
     assert killed.instance.event_log_storage.get_concurrency_run_ids() == {dead.run_id}
 
     result = killed.cli("run", "batch_9999", exit_code=2)
 
-    assert (
-        f"marked run {dead.run_id} (__ASSET_JOB, pid {dead.tags[PID_TAG]}) failed: its process is gone" in result.stdout
-    )
+    line = f"marked run {dead.run_id} ({job}, pid {dead.tags[PID_TAG]}) failed: its process is gone"
+    assert line in result.stdout
     assert killed.instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
     assert killed.instance.event_log_storage.get_concurrency_run_ids() == set()

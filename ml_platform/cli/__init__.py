@@ -237,6 +237,7 @@ def run(
                 # with --verbose, to the terminal; otherwise a failure is the one line printed below.
                 run_config={"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "CRITICAL"}}}},
             )
+            signals.finished()
         if (signum := signals.received()) or result is None:
             why = f"stopped by {signal.Signals(signum or signal.SIGINT).name}"
             outcome = mark_stopped(instance, run_id, f"ml-platform run was {why}", settings, mlflow_store)

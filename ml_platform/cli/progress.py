@@ -19,6 +19,7 @@ from dagster import DagsterRunStatus
 from ml_platform.cli.common import console
 
 POLL_SECONDS = 0.5
+STOP_RESEND_SECONDS = 0.5
 
 
 def describe_progress(label: str, total_steps: int, step_stats) -> str:
@@ -60,6 +61,11 @@ class Signals:
     def __init__(self, read_fd: int):
         self._read_fd: int | None = read_fd
         self._received: int | None = None
+        self.done = threading.Event()
+
+    def finished(self) -> None:
+        """The work a stop signal interrupts is over: no more re-sent SIGINTs."""
+        self.done.set()
 
     def received(self) -> int | None:
         """The first stop signal received so far (until the watch ended), or None."""
@@ -90,9 +96,22 @@ def watch_signals() -> Iterator[Signals]:
     previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     previous_term = signal.signal(signal.SIGTERM, signal.default_int_handler)
     signals = Signals(read_fd)
+
+    def interrupt_until_done() -> None:
+        # Dagster swallows a signal that lands in its own bookkeeping between steps and runs the whole
+        # batch on; so once one has come, SIGINT is sent again until the run is over, and the next one
+        # that lands in a step's code interrupts it.
+        while not signals.done.wait(STOP_RESEND_SECONDS):
+            if signals.received():
+                os.kill(os.getpid(), signal.SIGINT)
+
+    resender = threading.Thread(target=interrupt_until_done, name="stop-resend", daemon=True)
+    resender.start()
     try:
         yield signals
     finally:
+        signals.finished()
+        resender.join()
         signal.signal(signal.SIGTERM, previous_term)
         signal.set_wakeup_fd(previous_fd)
         signals.close()
