@@ -154,7 +154,6 @@ def test_the_next_command_fails_a_run_whose_process_died_holding_the_pool(killed
     assert died.returncode == -signal.SIGKILL, died.stderr
     job = "__ephemeral_asset_job__"  # dg.materialize's
     [dead] = killed.instance.get_runs(dg.RunsFilter(job_name=job, statuses=[dg.DagsterRunStatus.STARTED]))
-    assert killed.instance.event_log_storage.get_concurrency_run_ids() == {dead.run_id}
 
     result = killed.cli("run", "batch_9999", exit_code=2)
 
