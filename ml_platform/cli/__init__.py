@@ -8,9 +8,11 @@ Heavy imports (Dagster, MLflow, scikit-learn) happen inside the commands that ne
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
+import signal
 import sys
 from typing import Annotated
 
@@ -164,13 +166,21 @@ def run(
 
     Example: ml-platform run batch_0001   |   ml-platform run --all --only-stale
     """
-    from ml_platform.cli.progress import run_progress
+    from ml_platform.cli.progress import run_progress, watch_signals
+    from ml_platform.defs.monitoring.dead_runs import mark_stopped, process_tags, reap_dead_runs
     from ml_platform.defs.partitions import batch_partitions
     from ml_platform.defs.runs import first_failure
+    from ml_platform.lib.mlflow_store import MlflowStore
 
     settings = Settings.from_env()
     config = load_platform_config(settings)  # a bad config is one line here, not a traceback from the definitions
     instance = dagster_instance(settings)
+    mlflow_store = functools.cache(
+        lambda: MlflowStore(settings.tracking_uri_for(config), config.tracking.experiment_name)
+    )
+    # A run left STARTED by a killed `ml-platform run` would block its batch: fail it first.
+    for line in reap_dead_runs(instance, settings, mlflow_store):
+        console.print(f"[yellow]{line}[/]", soft_wrap=True, highlight=False)
     known = instance.get_dynamic_partitions(batch_partitions.name)
     targets = known if all_batches else list(batch_ids or [])
     if not targets:
@@ -208,17 +218,33 @@ def run(
             selection, tags = list(reasons), {STALE_REASON_TAG: describe_reasons(reasons)[:1000]}
         planned = job.get_subset(asset_selection=set(selection)) if selection else job
         quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-        with run_progress(instance, f"batch_pipeline for {batch_id}", planned) as run_id, quiet:
+        result = None
+        # The run names this process, so a later command can tell when it was killed (`defs/monitoring/dead_runs.py`).
+        with (
+            watch_signals() as signals,
+            contextlib.suppress(KeyboardInterrupt),
+            run_progress(instance, f"batch_pipeline for {batch_id}", planned) as run_id,
+            quiet,
+        ):
             result = job.execute_in_process(
                 instance=instance,
                 partition_key=batch_id,
                 raise_on_error=False,
                 asset_selection=selection,
                 run_id=run_id,
-                tags=tags,
+                tags={**tags, **process_tags()},
                 # The full event log, tracebacks included, goes to the instance (the UI shows it) and,
                 # with --verbose, to the terminal; otherwise a failure is the one line printed below.
                 run_config={"loggers": {"console": {"config": {"log_level": "DEBUG" if verbose else "CRITICAL"}}}},
+            )
+            signals.finished()
+        if (signum := signals.received()) or result is None:
+            why = f"stopped by {signal.Signals(signum or signal.SIGINT).name}"
+            outcome = mark_stopped(instance, run_id, f"ml-platform run was {why}", settings, mlflow_store)
+            left = targets[targets.index(batch_id) + 1 :]
+            fail(
+                f"{why}: run {run_id} of {batch_id} {outcome}" + (f"; not run: {', '.join(left)}" if left else ""),
+                code=128 + (signum or signal.SIGINT),
             )
         if result.success:
             console.print(f"[green]ok[/] {batch_id} (run {result.run_id})")

@@ -19,10 +19,10 @@ console = Console(file=sys.stdout)
 JSON_HELP = "Print JSON (for scripts) instead of a table."
 
 
-def fail(message: str) -> NoReturn:
+def fail(message: str, code: int = 2) -> NoReturn:
     """One clear line on stderr and a non-zero exit: what a script and a person both need."""
     Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=code)
 
 
 def load_platform_config(settings: Settings):

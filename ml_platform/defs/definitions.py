@@ -13,6 +13,7 @@ from ml_platform.defs.experiments.jobs import build_experiment_job
 from ml_platform.defs.features.assets import DBT_PROJECT, build_feature_assets
 from ml_platform.defs.ingestion.assets import build_ingestion_assets
 from ml_platform.defs.jobs import batch_pipeline_job, batch_pipeline_parallel_job
+from ml_platform.defs.monitoring.dead_runs import build_dead_run_sensor
 from ml_platform.defs.monitoring.sensors import build_monitoring_sensors
 from ml_platform.defs.training.assets import build_training_assets
 from ml_platform.lib.config import PlatformConfig
@@ -30,7 +31,11 @@ def build_definitions(config: PlatformConfig, settings: Settings) -> dg.Definiti
         assets=build_assets(config),
         jobs=[batch_pipeline_job, batch_pipeline_parallel_job, build_experiment_job(config), backtest_job],
         schedules=build_schedules(config, settings),
-        sensors=[build_new_batch_sensor(config, settings), *build_monitoring_sensors(config, settings)],
+        sensors=[
+            build_new_batch_sensor(config, settings),
+            *build_monitoring_sensors(config, settings),
+            build_dead_run_sensor(settings),
+        ],
         resources=build_resources(config, settings),
         # Measured on 2 cores with a 5,000-row batch through `dagster asset materialize`: 35 s in
         # one process, 74 s with a process per step (each step re-imports and re-loads the code

@@ -21,6 +21,7 @@ import pandas as pd
 from filelock import FileLock
 
 from ml_platform.lib.batches import validate_batch_id
+from ml_platform.lib.liveness import building_name
 
 T = TypeVar("T")
 
@@ -50,7 +51,7 @@ class Warehouse:
         """
         self.root.mkdir(parents=True, exist_ok=True)
         target = self.batch_database(batch_id)
-        building = target.with_name(f".{target.name}.{uuid.uuid4().hex}.building")
+        building = target.with_name(building_name(target.name, os.getpid(), uuid.uuid4().hex))
         try:
             with duckdb.connect(str(building)) as con:
                 result = build(con)

@@ -15,6 +15,7 @@ step per process at a time (in-process executor) or one process per step (multip
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -114,7 +115,8 @@ def _parsed_manifest(project_dir: str, profiles_dir: str, runs_dir: str, manifes
     """
     from dbt.cli.main import dbtRunner
 
-    parse_dir = Path(runs_dir) / f"parse-{uuid.uuid4().hex[:7]}"
+    # Named after this process, so a parse killed with it is found and removed (`lib/liveness.py`).
+    parse_dir = Path(runs_dir) / f"parse-{os.getpid()}-{uuid.uuid4().hex[:7]}"
     parse_dir.mkdir(parents=True)
     prepared = Path(project_dir) / "target" / "partial_parse.msgpack"
     if prepared.exists():
