@@ -59,6 +59,7 @@ AUTOMATION = {
     "new_batch_sensor": "Standard sensor",
     "run_failure_notifications": "Run status sensor",
     "run_success_monitor": "Run status sensor",
+    "notification_outbox": "Standard sensor",
 }
 
 

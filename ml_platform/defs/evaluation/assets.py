@@ -4,7 +4,7 @@ import dagster as dg
 
 from ml_platform.defs.evaluation.plots import publish_evaluation_plots
 from ml_platform.defs.partitions import batch_partitions
-from ml_platform.defs.retries import EXTERNAL_SYSTEM_RETRY
+from ml_platform.defs.retries import EXTERNAL_SYSTEM_RETRY, retry_only_transient
 from ml_platform.defs.training.assets import TrainedCandidate, TrainingData
 from ml_platform.lib.config import PlatformConfig, code_version
 from ml_platform.lib.evaluation import (
@@ -100,6 +100,7 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
         description="The batch's winner registered in the MLflow Model Registry: alias `champion` if it beats "
         "the current champion on this batch's held-out data by the configured margin, else `challenger`.",
     )
+    @retry_only_transient
     def champion_model(
         context: dg.AssetExecutionContext,
         evaluation_report: dict,
