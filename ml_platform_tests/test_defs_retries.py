@@ -9,7 +9,12 @@ import dagster as dg
 import pytest
 from filelock import Timeout
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE, RESOURCE_ALREADY_EXISTS, TEMPORARILY_UNAVAILABLE
+from mlflow.protos.databricks_pb2 import (
+    INTERNAL_ERROR,
+    INVALID_PARAMETER_VALUE,
+    RESOURCE_ALREADY_EXISTS,
+    TEMPORARILY_UNAVAILABLE,
+)
 
 from ml_platform.defs.retries import retry_only_transient
 from ml_platform.lib.transient_errors import is_transient
@@ -58,7 +63,9 @@ RETRY_NOW = dg.RetryPolicy(max_retries=2)  # no delay: the test is about whether
 
 
 def attempts_of(result: dg.ExecuteInProcessResult, step: str) -> int:
-    return 1 + len([event for event in result.all_events if event.event_type_value == "STEP_RESTARTED" and event.step_key == step])
+    return 1 + len(
+        [event for event in result.all_events if event.event_type_value == "STEP_RESTARTED" and event.step_key == step]
+    )
 
 
 def test_a_transient_error_is_retried_and_a_permanent_one_is_not(tmp_path):

@@ -8,11 +8,16 @@ import json
 import logging
 import socket
 import threading
-from pathlib import Path
 
 import pytest
 
-from ml_platform.lib.notifications import JsonWebhookChannel, Notification, channels_by_key, flush_outbox, send_notification
+from ml_platform.lib.notifications import (
+    JsonWebhookChannel,
+    Notification,
+    channels_by_key,
+    flush_outbox,
+    send_notification,
+)
 from ml_platform.lib.outbox import CLAIM_TIMEOUT_SECONDS, Outbox
 from ml_platform.resources.notifier import NotifierResource
 
@@ -107,9 +112,7 @@ def test_a_send_that_may_have_arrived_is_not_sent_again(tmp_path, log):
     assert outbox.entries() == []
 
 
-def test_a_send_interrupted_between_delivery_and_removal_is_dropped_not_repeated(
-    http_server, tmp_path, log, caplog
-):
+def test_a_send_interrupted_between_delivery_and_removal_is_dropped_not_repeated(http_server, tmp_path, log, caplog):
     now = [1_000_000.0]
     outbox = Outbox(tmp_path / "outbox.json", clock=lambda: now[0])
     outbox.add(message(), {"webhook": "refused"}, log)

@@ -38,9 +38,7 @@ def bad_batch() -> bytes:
     return batch.to_csv(index=False).encode()
 
 
-def test_the_failure_sensor_sees_a_run_without_a_code_location_origin_and_reports_it_once(
-    platform, http_server
-):
+def test_the_failure_sensor_sees_a_run_without_a_code_location_origin_and_reports_it_once(platform, http_server):
     """`dg.materialize` (like `ml-platform run` and `dagster asset materialize`) records no origin: the
     sensor's location filter used to skip such a run without a word."""
     sensors = build_monitoring_sensors(platform.config, platform.settings)

@@ -101,8 +101,7 @@ class Outbox:
                 gone = [key for key in entry.pending if key not in configured]
                 if gone:
                     logger.warning(
-                        f"Notification {entry.title!r} is no longer kept for {', '.join(gone)}: "
-                        "not configured any more"
+                        f"Notification {entry.title!r} is no longer kept for {', '.join(gone)}: not configured any more"
                     )
                     entry = entries[index] = replace(entry, pending=[k for k in entry.pending if k in configured])
             entries[:] = [entry for entry in entries if entry.pending]

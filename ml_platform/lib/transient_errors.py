@@ -61,7 +61,7 @@ def _chain(error: BaseException) -> list[BaseException]:
 
 
 def _verdict(error: BaseException) -> str | None:
-    """"transient", "permanent", "undecided" (look deeper; transient if nothing decides) or None (no opinion)."""
+    """ "transient", "permanent", "undecided" (look deeper; transient if nothing decides) or None (no opinion)."""
     code = getattr(error, "error_code", None)
     if type(error).__name__ == "MlflowException" or (isinstance(code, str) and code.isupper()):
         if code in TRANSIENT_MLFLOW_CODES:
@@ -81,7 +81,9 @@ def _verdict(error: BaseException) -> str | None:
     if module.startswith(("requests", "urllib3")):
         if isinstance(status, int):
             return "transient" if status in TRANSIENT_HTTP_STATUSES else "permanent"
-        return "transient" if isinstance(error, OSError | TimeoutError) or "Connection" in type(error).__name__ else None
+        return (
+            "transient" if isinstance(error, OSError | TimeoutError) or "Connection" in type(error).__name__ else None
+        )
     if isinstance(error, ConnectionError | TimeoutError):
         return "transient"
     if isinstance(error, OSError) and error.errno is not None:

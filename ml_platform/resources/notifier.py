@@ -19,8 +19,8 @@ from ml_platform.lib.config import NotificationsConfig
 from ml_platform.lib.notifications import (
     Channel,
     EmailChannel,
-    JsonWebhookChannel,
     FlushResult,
+    JsonWebhookChannel,
     Notification,
     SlackWebhookChannel,
     channels_by_key,

@@ -184,7 +184,6 @@ def call_hooks(hooks: list[MonitoringHook], method: str, argument, log) -> None:
             log.warning(f"monitoring hook {type(hook).__name__}.{method} failed: {type(error).__name__}: {error}")
 
 
-
 CLI_REPORTER = "ml-platform run"
 
 
