@@ -385,7 +385,12 @@ def send_notification(
     """
     _log_at_severity(logger, notification)
     named = channels_by_key(channels)
-    down = flush_outbox(outbox, named, logger).down if outbox is not None else {}
+    down: dict[str, str] = {}
+    if outbox is not None:
+        try:
+            down = flush_outbox(outbox, named, logger).down
+        except Exception as error:  # an outbox that cannot be read or locked must not stop this message
+            logger.warning(f"Notification outbox {outbox.path} unavailable: {type(error).__name__}: {error}")
     status = {"log": "sent"}
     keep: dict[str, str] = {}
     for key, channel in named.items():
@@ -404,7 +409,11 @@ def send_notification(
             logger.warning(f"Notification channel {key!r} failed: {reason}")
             status[key] = f"failed: {reason}"
     if keep:
-        outbox.add(notification, keep, logger)
+        try:
+            outbox.add(notification, keep, logger)
+        except Exception as error:  # the log above has the message; say it was not kept
+            logger.warning(f"Notification {notification.title!r} not kept: {type(error).__name__}: {error}")
+            status |= {key: f"failed: {reason} (not kept: {type(error).__name__})" for key, reason in keep.items()}
     return status
 
 
