@@ -83,7 +83,8 @@ def test_a_failed_cli_run_notifies_and_writes_its_summary_without_a_daemon_and_t
     assert summary["status"] == "FAILURE" and "monthly_charges" in summary["error"]
 
     # The daemon starts later (or was running all along): its sensor finds the run already reported.
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+    # The CLI's own instance: its dagster.yaml links to the project's, which instance_for_test would overwrite.
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
         assert instance.get_run_by_id(run_id).tags[REPORTED_TAG] == f"{run_id} by ml-platform run"
         settings = Settings(home=cli.home, config_path=tmp_path / "platform.yaml")
         [sensor] = [s for s in build_monitoring_sensors(config, settings) if s.name == "run_failure_notifications"]
