@@ -54,6 +54,10 @@ def daemon_home(tmp_path, http_server, monkeypatch):
 @pytest.fixture
 def daemon(daemon_home):
     home, config, env = daemon_home
+    # Create the instance's SQLite storages before the daemon and its code server start: three processes
+    # creating them at once can leave two alembic heads, and then no process can open the instance.
+    instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
+    instance.all_instigator_state()
     log = (home / "daemon.log").open("w")
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(PROJECT_ROOT / "workspace.yaml")],
@@ -63,7 +67,6 @@ def daemon(daemon_home):
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its code server and run workers go with it
     )
-    instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
     try:
         yield home, config, instance
     finally:
