@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,13 +13,34 @@ from typing import Any
 
 
 class RecordingHTTPServer(ThreadingHTTPServer):
-    """Answers the first POSTs with `first` statuses, every later one with `status`; keeps what it received."""
+    """Answers the first POSTs with `first` statuses, every later one with `status`; keeps what it received.
 
-    def __init__(self, status: int, first: tuple[int, ...] = ()) -> None:
+    `stop()` closes its port (connections are refused, as from a receiver that is down) and `start()`
+    listens on the same port again, keeping what it received.
+    """
+
+    def __init__(self, status: int, first: tuple[int, ...] = (), port: int = 0) -> None:
         self.status = status
         self.first = list(first)
         self.received: list[dict[str, Any]] = []
-        super().__init__(("127.0.0.1", 0), _RecordingHandler)
+        super().__init__(("127.0.0.1", port), _RecordingHandler)
+        self.running = False
+
+    def start(self) -> RecordingHTTPServer:
+        if not self.running:
+            if self.socket.fileno() < 0:  # stopped: listen on the same port again
+                self.socket = socket.socket(self.address_family, self.socket_type)
+                self.server_bind()
+                self.server_activate()
+            threading.Thread(target=self.serve_forever, daemon=True).start()
+            self.running = True
+        return self
+
+    def stop(self) -> None:
+        if self.running:
+            self.shutdown()
+            self.running = False
+        self.socket.close()
 
     def next_status(self) -> int:
         return self.first.pop(0) if self.first else self.status
@@ -46,18 +68,16 @@ def http_servers() -> Iterator[Callable[..., RecordingHTTPServer]]:
     """Start recording servers (`start(status)`); all are shut down on exit."""
     servers: list[RecordingHTTPServer] = []
 
-    def start(status: int = 200, first: tuple[int, ...] = ()) -> RecordingHTTPServer:
-        server = RecordingHTTPServer(status, first)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+    def start(status: int = 200, first: tuple[int, ...] = (), port: int = 0) -> RecordingHTTPServer:
+        server = RecordingHTTPServer(status, first, port)
         servers.append(server)
-        return server
+        return server.start()
 
     try:
         yield start
     finally:
         for server in servers:
-            server.shutdown()
-            server.server_close()
+            server.stop()
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:

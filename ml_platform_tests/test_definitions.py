@@ -67,7 +67,13 @@ def test_the_automation_is_in_the_code_location_and_on_by_default(tmp_path: Path
     assert schedules["retraining_schedule"].cron_schedule == "*/2 * * * *"
     assert schedules["backtest_schedule"].job_name == "backtest"
     sensors = {sensor.name: sensor for sensor in defs.sensors}
-    assert set(sensors) == {"new_batch_sensor", "run_failure_notifications", "run_success_monitor", "dead_run_sensor"}
+    assert set(sensors) == {
+        "new_batch_sensor",
+        "run_failure_notifications",
+        "run_success_monitor",
+        "notification_outbox",
+        "dead_run_sensor",
+    }
     for definition in [*schedules.values(), *sensors.values()]:
         assert definition.default_status.value == "RUNNING", definition.name
 

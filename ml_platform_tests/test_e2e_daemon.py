@@ -1,5 +1,6 @@
 """End to end under the real Dagster daemon: a file dropped in the incoming folder becomes a partition
-and a successful run on its own; a malformed one fails and the failure notification reaches a webhook.
+and a successful run on its own; a malformed one fails and the failure notification reaches a webhook
+that was down when the run failed, from the outbox, once the webhook is back.
 
 The daemon runs as a subprocess against a temporary DAGSTER_HOME (with the project's dagster.yaml) and
 loads the project's workspace.yaml, as `dagster dev` does; the webhook is a real HTTP server here.
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.scheduler.instigation import InstigatorType
 
 from ml_platform.lib.demo_data import generate_churn_batch, write_demo_batches
+from ml_platform.lib.outbox import Outbox
 from ml_platform.lib.settings import PROJECT_ROOT
 from ml_platform_tests.conftest import small_config, subprocess_environment
 from ml_platform_tests.servers import wait_for
@@ -37,6 +40,7 @@ def daemon_home(tmp_path, http_server, monkeypatch):
             "automation.schedules.backtest.enabled": False,
             "automation.schedules.pipeline.enabled": False,
             "notifications.channels.webhook_url": http_server.url("/hooks/ml"),
+            "notifications.outbox.flush_interval_seconds": 1,
         }
     )
     env = {
@@ -50,6 +54,10 @@ def daemon_home(tmp_path, http_server, monkeypatch):
 @pytest.fixture
 def daemon(daemon_home):
     home, config, env = daemon_home
+    # Create the instance's SQLite storages before the daemon and its code server start: three processes
+    # creating them at once can leave two alembic heads, and then no process can open the instance.
+    instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
+    instance.all_instigator_state()
     log = (home / "daemon.log").open("w")
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(PROJECT_ROOT / "workspace.yaml")],
@@ -59,7 +67,6 @@ def daemon(daemon_home):
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its code server and run workers go with it
     )
-    instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
     try:
         yield home, config, instance
     finally:
@@ -99,17 +106,38 @@ def test_a_dropped_file_is_picked_up_run_and_a_bad_one_notifies(daemon, http_ser
     assert finished.status == dg.DagsterRunStatus.SUCCESS, (home / "daemon.log").read_text()[-3000:]
     assert instance.get_latest_materialization_event(dg.AssetKey("champion_model")) is not None
 
+    # The receiver is down when the malformed batch fails: the notification waits in the outbox and
+    # reaches the receiver, once, when it is back.
+    http_server.stop()
     bad = staging / "batch_0002.csv"
     bad.write_text(generate_churn_batch(batch_number=2, n_rows=300).drop(columns=["churned"]).to_csv(index=False))
     landed = land(bad, incoming)
     [failed] = wait_for(lambda: runs_for(instance, "batch_0002"), 240, "the run of the malformed batch")
     report_latency("second file (daemon running)", instance, failed, landed)
-    [notification] = wait_for(lambda: http_server.received, 420, "the failure notification")
+    outbox = Outbox(home / "notifications" / "outbox.json")
+    [kept] = wait_for(outbox.entries, 420, "the failure notification to be kept in the outbox")
+    assert kept.pending == ["webhook"] and http_server.received == []
+    http_server.start()
+    [notification] = wait_for(lambda: http_server.received, 60, "the kept failure notification")
+    delivered = time.time()
+    wait_for(lambda: outbox_tick_after(instance, delivered, "outbox empty"), 60, "a flush after the delivery")
+    assert len(http_server.received) == 1
     message = notification["json"]
     assert message["title"] == "Run failed: batch_pipeline for batch_0002"
     assert message["fields"]["step"] == "raw_batch"
     assert "churned" in message["error"]
     assert message["link"].endswith(f"/runs/{failed.dagster_run.run_id}")
+
+
+def outbox_tick_after(instance: dg.DagsterInstance, after: float, reason: str) -> bool:
+    """Whether the notification_outbox sensor has finished a tick after `after` that says `reason`."""
+    ticks = [
+        tick
+        for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+        if state.name == "notification_outbox"
+        for tick in instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=5)
+    ]
+    return any(tick.timestamp > after and reason in (tick.skip_reason or "") for tick in ticks)
 
 
 def finished_run(instance: dg.DagsterInstance, record: dg.RunRecord) -> dg.DagsterRun | None:

@@ -143,7 +143,7 @@ def test_a_channel_that_is_down_does_not_stop_the_others_or_the_sensor(platform,
 
 def test_start_hooks_exist_only_when_hooks_are_configured(platform):
     names = {sensor.name for sensor in build_monitoring_sensors(platform.config, platform.settings)}
-    assert names == {"run_failure_notifications", "run_success_monitor"}
+    assert names == {"run_failure_notifications", "run_success_monitor", "notification_outbox"}
     with_hooks = small_config(**{"monitoring.hooks": HOOKS})
     assert "run_start_hooks" in {sensor.name for sensor in build_monitoring_sensors(with_hooks, platform.settings)}
 

@@ -60,6 +60,7 @@ AUTOMATION = {
     "run_failure_notifications": "Run status sensor",
     "run_success_monitor": "Run status sensor",
     "dead_run_sensor": "Standard sensor",
+    "notification_outbox": "Standard sensor",
 }
 
 

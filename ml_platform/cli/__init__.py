@@ -251,12 +251,28 @@ def run(
         else:
             failed.append(batch_id)
             console.print(f"[red]failed[/] {batch_id} (run {result.run_id}): {first_failure(result)}")
+        _report_run(instance, result.run_id, config, settings)
     if failed:
         more = "" if verbose else "; --verbose prints their logs and tracebacks"
         fail(
             f"{len(failed)} of {len(targets)} batch run(s) failed: {', '.join(failed)} "
             f"(each run's full log: the Dagster UI, `make ui`{more})"
         )
+
+
+def _report_run(instance, run_id: str, config, settings: Settings) -> None:
+    """Notify about the run and write its summary, as the run-status sensors do for the daemon's runs
+    (once: if the daemon's sensors got there first, they did it). A failure to report is one line,
+    never the command's failure."""
+    from ml_platform.defs.monitoring.report import report_cli_run
+
+    try:
+        outcomes = report_cli_run(instance, run_id, config, settings)
+    except Exception as error:  # noqa: BLE001 - the run's own outcome is what the command reports
+        console.print(f"[yellow]could not report run {run_id}[/]: {type(error).__name__}: {error}", soft_wrap=True)
+        return
+    if outcomes:
+        console.print("notified: " + ", ".join(f"{key} {value}" for key, value in outcomes.items()), soft_wrap=True)
 
 
 @app.command("champion")

@@ -269,9 +269,21 @@ class QualityAlertConfig(StrictModel):
     max_drop_vs_champion: Annotated[float, Field(ge=0)] | None = None
 
 
+class OutboxConfig(StrictModel):
+    """Where a message waits while its channel is down: `notifications/outbox.json` under the home."""
+
+    # The most messages kept; beyond it the oldest is dropped, with a warning in the log.
+    max_messages: Annotated[int, Field(ge=1)] = 100
+    # A message not delivered by then is dropped, with a warning in the log.
+    max_age_hours: Annotated[float, Field(gt=0)] = 72.0
+    # How often the `notification_outbox` sensor sends what waits (each new notification does too).
+    flush_interval_seconds: Annotated[int, Field(ge=1)] = 30
+
+
 class NotificationsConfig(StrictModel):
     channels: NotificationChannelsConfig = Field(default_factory=NotificationChannelsConfig)
     quality: QualityAlertConfig = Field(default_factory=QualityAlertConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     # Links in messages point here (the Dagster UI).
     dagster_ui_url: str = "http://127.0.0.1:3000"
     timeout_seconds: Annotated[float, Field(gt=0)] = 10.0

@@ -4,6 +4,9 @@ A `Notification` is what a person needs to act on an event: what happened, on wh
 partition and step, the first lines of the error and a link to the run in the Dagster UI.
 `send_notification` always writes it to the log, then tries every configured channel; a channel
 that fails is reported and never stops the others, so one dead SMTP server cannot silence Slack.
+A failure a retry can fix (refused, 5xx, 429, an SMTP 4xx) is kept in the outbox (`lib/outbox.py`)
+and sent when the channel answers again; one no retry can fix (a 404, a wrong SMTP password) or one
+after which the message may have arrived (a read timeout) is reported and not kept: at most once.
 
 Webhook URLs carry their token in the path and SMTP passwords are secrets, so nothing here puts
 a URL's path, its query or a password into a log line, an exception message or a status.
@@ -11,17 +14,22 @@ a URL's path, its query or a password into a log line, an exception message or a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import smtplib
 import ssl
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
+
+if TYPE_CHECKING:
+    from ml_platform.lib.outbox import Outbox
 
 Severity = Literal["error", "warning", "info"]
 SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
@@ -81,16 +89,36 @@ class Notification:
             "link": self.link,
         }
 
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Notification:
+        """The inverse of `as_json`, for notifications read back from the outbox."""
+        return cls(
+            title=raw["title"],
+            severity=raw["severity"],
+            summary=raw["summary"],
+            fields=dict(raw.get("fields") or {}),
+            error=raw.get("error"),
+            link=raw.get("link"),
+        )
+
 
 class ChannelError(Exception):
-    """A channel could not deliver. The message is safe to log: it never holds a token or a password."""
+    """A channel could not deliver. The message is safe to log: it never holds a token or a password.
+
+    `transient`: the channel did not take the message and may take it later (refused, 5xx, 429, an
+    SMTP 4xx), so sending it again can neither fail the same way for sure nor deliver it twice.
+    """
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class Channel(Protocol):
     name: str
 
     def send(self, notification: Notification) -> None:
-        """Deliver `notification`, or raise."""
+        """Deliver `notification`, or raise (a `ChannelError` says whether a retry can fix it)."""
 
 
 def redact_url(url: str) -> str:
@@ -130,10 +158,33 @@ def _os_reason(error: BaseException) -> str | None:
 
 
 # A webhook that hiccups (refused while restarting, 5xx or 429 under load) gets two more tries, 0.5 s
-# and 1 s later. Not after a read timeout: the server may have taken the message, and twice is worse.
+# and 1 s later, then the outbox keeps the message. Never after a read timeout or a connection that
+# broke mid-request: the server may have taken the message, and twice is worse than late.
 # (urllib3's own Retry would do this too, but it logs each retry with the URL's path: the token.)
 RETRY_DELAYS_SECONDS = (0.5, 1.0)
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def _never_sent(error: BaseException) -> bool:
+    """Whether a request failed before any byte reached a server: refused, unknown host, connect timeout.
+
+    requests wraps urllib3's connect errors (`NewConnectionError`, `NameResolutionError`,
+    `ConnectTimeoutError`) in a `MaxRetryError` in a `ConnectionError`; a connection that broke
+    after the request went out (`ProtocolError`) is not one of them.
+    """
+    if isinstance(error, requests.ConnectTimeout):
+        return True
+    seen: set[int] = set()
+    pending: list[Any] = [error]
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, urllib3.exceptions.ConnectTimeoutError):
+            return True
+        pending.extend([current.__cause__, getattr(current, "reason", None), *current.args])
+    return False
 
 
 def _post_json(url: str, payload: dict[str, Any], timeout: float) -> None:
@@ -142,19 +193,22 @@ def _post_json(url: str, payload: dict[str, Any], timeout: float) -> None:
         try:
             response = requests.post(url, json=payload, timeout=timeout)
         except requests.RequestException as error:
-            if isinstance(error, requests.ConnectionError) and retry_delay is not None:
+            transient = _never_sent(error)
+            if transient and retry_delay is not None:
                 time.sleep(retry_delay)
                 continue
             # str(error) quotes the full URL, token included: report the class and the OS reason only.
             reason = _os_reason(error)
             detail = f" ({reason})" if reason else ""
-            raise ChannelError(f"{type(error).__name__}{detail} posting to {where}") from None
+            raise ChannelError(f"{type(error).__name__}{detail} posting to {where}", transient) from None
         if response.status_code in RETRY_STATUSES and retry_delay is not None:
             time.sleep(retry_delay)
             continue
         if not 200 <= response.status_code < 300:
             # The body is left out: some servers echo the requested path, and with it the token.
-            raise ChannelError(f"{where} answered HTTP {response.status_code}")
+            raise ChannelError(
+                f"{where} answered HTTP {response.status_code}", transient=response.status_code in RETRY_STATUSES
+            )
         return
 
 
@@ -268,19 +322,43 @@ class EmailChannel:
         object.__setattr__(self, "recipients", tuple(self.recipients))
 
     def send(self, notification: Notification) -> None:
+        """Deliver by SMTP. Transient: no connection, or the server's own 4xx ("try again later").
+        Not transient: a 5xx, a refused login, some recipients refused (the others have it), or a
+        connection lost while the message was going out (it may have arrived)."""
         message = email_message(notification, self.sender, self.recipients)
         try:
-            with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
+            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        except (smtplib.SMTPException, OSError) as error:
+            raise self._error(error, transient=True) from None
+        try:
+            try:
                 if self.starttls:
                     smtp.starttls(context=ssl.create_default_context())
                 if self.username is not None:
                     smtp.login(self.username, self.password or "")
+            except smtplib.SMTPResponseException as error:
+                raise self._error(error, transient=400 <= error.smtp_code < 500) from None
+            except (smtplib.SMTPException, OSError) as error:  # nothing was sent yet
+                raise self._error(error, transient=True) from None
+            try:
                 refused = smtp.send_message(message)
-        except (smtplib.SMTPException, OSError) as error:
-            raise ChannelError(f"{self._where()}: {self._scrub(f'{type(error).__name__}: {error}')}") from None
+            except smtplib.SMTPRecipientsRefused as error:  # every recipient refused: nobody has it
+                codes = [code for code, _ in error.recipients.values()]
+                raise self._error(error, transient=all(400 <= code < 500 for code in codes)) from None
+            except smtplib.SMTPResponseException as error:  # the sender or the data refused: not delivered
+                raise self._error(error, transient=400 <= error.smtp_code < 500) from None
+            except (smtplib.SMTPException, OSError) as error:
+                raise self._error(error, transient=False) from None
+        finally:
+            with contextlib.suppress(smtplib.SMTPException, OSError):  # the message is already handed over
+                smtp.quit()
+            smtp.close()
         # smtplib raises only when every recipient is refused; a partial delivery is still a failure.
         if refused:
             raise ChannelError(f"{self._where()} refused {', '.join(sorted(refused))}")
+
+    def _error(self, error: BaseException, transient: bool) -> ChannelError:
+        return ChannelError(f"{self._where()}: {self._scrub(f'{type(error).__name__}: {error}')}", transient)
 
     def _where(self) -> str:
         return f"SMTP {self.host}:{self.port}"
@@ -296,33 +374,109 @@ def _log_at_severity(logger: logging.Logger, notification: Notification) -> None
 
 
 def send_notification(
-    notification: Notification, channels: Iterable[Channel], logger: logging.Logger
+    notification: Notification, channels: Iterable[Channel], logger: logging.Logger, outbox: Outbox | None = None
 ) -> dict[str, str]:
-    """Log `notification`, then send it to every channel; `{channel: "sent" | "failed: <reason>"}`.
+    """Log `notification`, then send it to every channel; `{channel: "sent" | "queued: …" | "failed: …"}`.
 
     The log comes first and cannot be configured away, so a notification is never lost even when
     every channel is down. A failing channel is logged as a warning and the others still get it.
+    With an `outbox`, what it holds is sent first (oldest first), and a channel that fails in a way
+    a retry can fix keeps this message there ("queued") for the next send or flush.
     """
     _log_at_severity(logger, notification)
-    status = {"log": "sent"}
-    for channel in channels:
-        key = _unique_key(channel.name, status)
+    named = channels_by_key(channels)
+    down: dict[str, str] = {}
+    if outbox is not None:
         try:
-            channel.send(notification)
-        except ChannelError as error:
-            reason = str(error)
-        except Exception as error:  # a bug in a channel must not silence the others either
-            # Only the class: an unexpected exception's message was not written to be safe to log.
-            reason = f"unexpected {type(error).__name__}"
+            down = flush_outbox(outbox, named, logger).down
+        except Exception as error:  # an outbox that cannot be read or locked must not stop this message
+            logger.warning(f"Notification outbox {outbox.path} unavailable: {type(error).__name__}: {error}")
+    status = {"log": "sent"}
+    keep: dict[str, str] = {}
+    for key, channel in named.items():
+        if key in down:  # it just failed on an older message: this one waits behind it
+            reason, transient = down[key], True
         else:
-            status[key] = "sent"
-            continue
-        logger.warning(f"Notification channel {key!r} failed: {reason}")
-        status[key] = f"failed: {reason}"
+            reason, transient = _try_send(channel, notification)
+            if reason is None:
+                status[key] = "sent"
+                continue
+        if transient and outbox is not None:
+            keep[key] = reason
+            logger.warning(f"Notification channel {key!r} failed: {reason}; kept in the outbox until it answers")
+            status[key] = f"queued: {reason}"
+        else:
+            logger.warning(f"Notification channel {key!r} failed: {reason}")
+            status[key] = f"failed: {reason}"
+    if keep:
+        try:
+            outbox.add(notification, keep, logger)
+        except Exception as error:  # the log above has the message; say it was not kept
+            logger.warning(f"Notification {notification.title!r} not kept: {type(error).__name__}: {error}")
+            status |= {key: f"failed: {reason} (not kept: {type(error).__name__})" for key, reason in keep.items()}
     return status
 
 
-def _unique_key(name: str, status: dict[str, str]) -> str:
+def channels_by_key(channels: Iterable[Channel]) -> dict[str, Channel]:
+    """The channels by the key their outcome is reported under (`webhook`, `webhook#2`…), which is
+    also the name the outbox keeps for them."""
+    named: dict[str, Channel] = {}
+    for channel in channels:
+        named[_unique_key(channel.name, named)] = channel
+    return named
+
+
+def _try_send(channel: Channel, notification: Notification) -> tuple[str | None, bool]:
+    """`(None, _)` when delivered, else `(reason, transient)`; the reason is safe to log."""
+    try:
+        channel.send(notification)
+    except ChannelError as error:
+        return str(error), error.transient
+    except Exception as error:  # a bug in a channel must not silence the others either
+        # Only the class: an unexpected exception's message was not written to be safe to log.
+        return f"unexpected {type(error).__name__}", False
+    return None, False
+
+
+@dataclass(frozen=True)
+class FlushResult:
+    delivered: int = 0  # (message, channel) pairs delivered
+    down: dict[str, str] = field(default_factory=dict)  # channel key: why it is still waiting
+    waiting: int = 0  # messages left in the outbox
+
+
+def flush_outbox(outbox: Outbox, channels: dict[str, Channel], logger: logging.Logger) -> FlushResult:
+    """Send what the outbox holds, oldest first, each message once to each channel that still owes it.
+
+    A channel that fails again (after its quick retries) is left alone for the rest of this flush:
+    its later messages wait behind the first, so a flush with a channel down costs one send to it
+    (1.5 s of quick retries for a webhook), however many messages wait.
+    """
+    down: dict[str, str] = {}
+    delivered = 0
+    tried: set[str] = set()
+    while (entry := outbox.claim_next(set(channels), set(down), tried, logger)) is not None:
+        tried.add(entry.id)
+        notification = Notification.from_json(entry.notification)
+        sent, dropped, failed = set(), {}, {}
+        for key in entry.pending:
+            if key in down or key not in channels:
+                continue
+            reason, transient = _try_send(channels[key], notification)
+            if reason is None:
+                sent.add(key)
+            elif transient:
+                failed[key] = down[key] = reason
+            else:
+                dropped[key] = reason
+        outbox.settle(entry.id, sent, dropped, failed, logger)
+        delivered += len(sent)
+        if sent:
+            logger.info(f"Delivered the kept notification {notification.title!r} to {', '.join(sorted(sent))}")
+    return FlushResult(delivered=delivered, down=down, waiting=len(outbox.entries()))
+
+
+def _unique_key(name: str, status: Mapping[str, Any]) -> str:
     """`name`, or `name#2`, `name#3`… for a second channel of the same kind, so no outcome is overwritten."""
     key, number = name, 2
     while key in status:

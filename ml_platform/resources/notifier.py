@@ -2,11 +2,14 @@
 
 Secrets (webhook URLs with their tokens, the SMTP login) reach the resource through `dg.EnvVar`,
 so the Dagster UI shows the variable's name, never its value. The sending itself is in
-`ml_platform.lib.notifications`.
+`ml_platform.lib.notifications`, the outbox that keeps what a channel could not take in
+`ml_platform.lib.outbox`: it holds channel names, and the channels are built here, from the
+environment, each time something is sent.
 """
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -16,11 +19,18 @@ from ml_platform.lib.config import NotificationsConfig
 from ml_platform.lib.notifications import (
     Channel,
     EmailChannel,
+    FlushResult,
     JsonWebhookChannel,
     Notification,
     SlackWebhookChannel,
+    channels_by_key,
+    flush_outbox,
     send_notification,
 )
+from ml_platform.lib.outbox import Outbox
+
+# Under ML_PLATFORM_HOME.
+OUTBOX_PATH = Path("notifications") / "outbox.json"
 
 _log = logging.getLogger(__name__)
 
@@ -40,6 +50,10 @@ class NotifierResource(dg.ConfigurableResource):
     smtp_password: str | None = Field(default=None, repr=False)
     dagster_ui_url: str = "http://127.0.0.1:3000"
     timeout_seconds: float = 10.0
+    # Where undelivered messages wait (`lib/outbox.py`); None: a failed channel's message is only logged.
+    outbox_path: str | None = None
+    outbox_max_messages: int = 100
+    outbox_max_age_hours: float = 72.0
 
     def channels(self) -> list[Channel]:
         """The channels besides the log; an empty URL (a variable set to "") counts as not configured."""
@@ -76,8 +90,21 @@ class NotifierResource(dg.ConfigurableResource):
         return channels
 
     def notify(self, notification: Notification, logger: logging.Logger) -> dict[str, str]:
-        """Log `notification` and send it everywhere configured; `{channel: "sent" | "failed: <reason>"}`."""
-        return send_notification(notification, self.channels(), logger)
+        """Log `notification` and send it everywhere configured (what the outbox holds first);
+        `{channel: "sent" | "queued: <reason>" | "failed: <reason>"}`."""
+        return send_notification(notification, self.channels(), logger, self.outbox())
+
+    def flush_outbox(self, logger: logging.Logger) -> FlushResult:
+        """Send what the outbox holds to the channels that answer again."""
+        outbox = self.outbox()
+        if outbox is None:
+            return FlushResult()
+        return flush_outbox(outbox, channels_by_key(self.channels()), logger)
+
+    def outbox(self) -> Outbox | None:
+        if self.outbox_path is None:
+            return None
+        return Outbox(Path(self.outbox_path), self.outbox_max_messages, self.outbox_max_age_hours * 3600)
 
     def _resolved(self) -> "NotifierResource":
         """This resource with its `dg.EnvVar`s read.
@@ -110,8 +137,9 @@ def _env_var(name: str | None, what: str) -> dg.EnvVar | None:
     return dg.EnvVar(name)
 
 
-def notifier_from_config(notifications: NotificationsConfig) -> NotifierResource:
-    """The notifier the platform config describes, with secrets read from the environment by Dagster."""
+def notifier_from_config(notifications: NotificationsConfig, home: Path | None = None) -> NotifierResource:
+    """The notifier the platform config describes, with secrets read from the environment by Dagster,
+    keeping undelivered messages in the outbox under `home` (ML_PLATFORM_HOME) when given."""
     channels = notifications.channels
     email = channels.email
     settings: dict[str, Any] = {
@@ -119,6 +147,9 @@ def notifier_from_config(notifications: NotificationsConfig) -> NotifierResource
         "webhook_url": channels.webhook_url or _env_var(channels.webhook_url_env, "webhook channel"),
         "dagster_ui_url": notifications.dagster_ui_url,
         "timeout_seconds": notifications.timeout_seconds,
+        "outbox_path": str(Path(home) / OUTBOX_PATH) if home is not None else None,
+        "outbox_max_messages": notifications.outbox.max_messages,
+        "outbox_max_age_hours": notifications.outbox.max_age_hours,
     }
     if email is not None:
         settings |= {

@@ -7,7 +7,7 @@ import dagster as dg
 from ml_platform.defs.evaluation.plots import publish_evaluation_plots
 from ml_platform.defs.partitions import batch_partitions
 from ml_platform.defs.registry_guard import REGISTRY_POOL
-from ml_platform.defs.retries import EXTERNAL_SYSTEM_RETRY
+from ml_platform.defs.retries import EXTERNAL_SYSTEM_RETRY, retry_only_transient
 from ml_platform.defs.training.assets import TrainedCandidate, TrainingData
 from ml_platform.lib.config import PlatformConfig, code_version
 from ml_platform.lib.evaluation import (
@@ -117,6 +117,7 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
         f"rows, and a paired bootstrap on those rows puts the whole {config.promotion.confidence:.0%} interval "
         f"of the improvement above {config.promotion.min_improvement:g}; else `challenger`, with the reason.",
     )
+    @retry_only_transient
     def champion_model(
         context: dg.AssetExecutionContext,
         reports: ReportsResource,

@@ -14,7 +14,7 @@ import dagster as dg
 from pydantic import Field, ValidationError
 
 from ml_platform.defs.partitions import batch_partitions
-from ml_platform.defs.retries import EXTERNAL_SYSTEM_RETRY
+from ml_platform.defs.retries import EXTERNAL_SYSTEM_RETRY, retry_only_transient
 from ml_platform.defs.training.assets import prepare_training_data, run_tags
 from ml_platform.lib.config import ExperimentConfig, PlatformConfig, format_validation_error
 from ml_platform.lib.evaluation import score
@@ -48,6 +48,7 @@ def build_experiment_job(platform: PlatformConfig) -> dg.JobDefinition:
     """The job, for the code location's data set: an experiment must describe the same data."""
 
     @dg.op(tags={"kind": "sklearn"}, retry_policy=EXTERNAL_SYSTEM_RETRY)
+    @retry_only_transient
     def train_experiment(
         context: dg.OpExecutionContext,
         config: ExperimentRunConfig,

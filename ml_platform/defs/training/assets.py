@@ -7,7 +7,7 @@ from typing import Any
 import dagster as dg
 
 from ml_platform.defs.partitions import batch_partitions
-from ml_platform.defs.retries import EXTERNAL_SYSTEM_RETRY
+from ml_platform.defs.retries import EXTERNAL_SYSTEM_RETRY, retry_only_transient
 from ml_platform.lib.batches import batches_up_to
 from ml_platform.lib.config import (
     DataConfig,
@@ -138,6 +138,7 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
         retry_policy=EXTERNAL_SYSTEM_RETRY,
         description=f"{spec.type} trained on the batch's training split, logged to MLflow.",
     )
+    @retry_only_transient
     def model_asset(
         context: dg.AssetExecutionContext,
         config: ModelParamsConfig,
