@@ -206,8 +206,8 @@ def _delivery_record(con: duckdb.DuckDBPyConnection) -> dict | None:
     if not _has_column(con, DELIVERY_TABLE, "content_hash"):
         return None
     cursor = con.execute(f'SELECT * FROM "{DELIVERY_TABLE}" LIMIT 1')
-    row = cursor.fetchone()
-    return None if row is None else dict(zip([column[0] for column in cursor.description], row, strict=True))
+    names, rows = [column[0] for column in cursor.description], cursor.fetchall()
+    return dict(zip(names, rows[0], strict=True)) if rows else None
 
 
 def _has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
@@ -215,7 +215,7 @@ def _has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool
         con.execute(
             "SELECT count(*) FROM information_schema.columns WHERE table_name = ? AND column_name = ?",
             [table, column],
-        ).fetchone()[0]
+        ).fetchall()[0][0]
     )
 
 
