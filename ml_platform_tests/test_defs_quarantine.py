@@ -124,8 +124,12 @@ def test_rows_delivered_before_are_rejected_by_default_and_dropped_with_a_warnin
     [materialization] = stored.asset_materializations_for_node("raw_batch")
     metadata = {key: value.value for key, value in materialization.metadata.items()}
     assert (metadata["dagster/row_count"], metadata["dropped_redelivered_rows"]) == (300, 880)
-    assert metadata["redelivery_warning"].startswith("dropped 880 row(s) whose ids were delivered before by batch batch_0001")
-    warnings = [entry.user_message for entry in trained.instance.all_logs(stored.run_id) if entry.level == logging.WARNING]
+    assert metadata["redelivery_warning"].startswith(
+        "dropped 880 row(s) whose ids were delivered before by batch batch_0001"
+    )
+    warnings = [
+        entry.user_message for entry in trained.instance.all_logs(stored.run_id) if entry.level == logging.WARNING
+    ]
     assert any(f"{path}: dropped 880 row(s)" in message for message in warnings), warnings
     delivered = Warehouse(trained.settings.warehouse_dir).delivered_ids(["batch_0001", "batch_0005"])
     assert not delivered["batch_0001"] & delivered["batch_0005"]

@@ -35,7 +35,9 @@ def test_a_batch_with_new_ids_and_content_is_stored_whole(policy):
 
 @pytest.mark.parametrize("policy", ["reject", "drop", "update"])
 def test_a_byte_identical_copy_of_an_earlier_batch_is_refused_as_a_re_delivery_naming_it(policy):
-    decision = decide([stored("batch_0001", ids=range(1000), content_hash="same"), stored("batch_0002")], policy, content_hash="same")
+    decision = decide(
+        [stored("batch_0001", ids=range(1000), content_hash="same"), stored("batch_0002")], policy, content_hash="same"
+    )
     assert decision.refused.startswith(f"{SOURCE}: batch rejected, it is a re-delivery")
     assert "equals that of batch batch_0001, already stored" in decision.refused
 

@@ -179,7 +179,10 @@ def test_a_refused_re_delivery_leaves_the_warehouse_as_it_was(tmp_path):
     store_delivery(warehouse, "batch_0001", tmp_path, demo_frame(1))
     before = stored_files(warehouse.root)
     copy = pd_concat(demo_frame(1).head(22), demo_frame(4).head(8))
-    with pytest.raises(RedeliveryError, match=r"batch_0004.csv: batch rejected, 22 of its 30 ids were delivered before \(22 in batch_0001\)"):
+    with pytest.raises(
+        RedeliveryError,
+        match=r"batch_0004.csv: batch rejected, 22 of its 30 ids were delivered before \(22 in batch_0001\)",
+    ):
         store_delivery(warehouse, "batch_0004", tmp_path, copy)
     assert stored_files(warehouse.root) == before
 
@@ -187,7 +190,9 @@ def test_a_refused_re_delivery_leaves_the_warehouse_as_it_was(tmp_path):
 def test_dropped_re_deliveries_are_left_out_and_counted(tmp_path):
     warehouse = Warehouse(tmp_path / "warehouse")
     store_delivery(warehouse, "batch_0001", tmp_path, demo_frame(1))
-    summary = store_delivery(warehouse, "batch_0004", tmp_path, pd_concat(demo_frame(1).head(22), demo_frame(4).head(8)), "drop")
+    summary = store_delivery(
+        warehouse, "batch_0004", tmp_path, pd_concat(demo_frame(1).head(22), demo_frame(4).head(8)), "drop"
+    )
     assert (summary.rows, summary.dropped_rows, summary.redelivered_from) == (8, 22, ("batch_0001",))
     assert warehouse.delivered_ids(["batch_0004"])["batch_0004"] == set(demo_frame(4).head(8)["customer_id"])
 

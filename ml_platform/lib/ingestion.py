@@ -59,7 +59,7 @@ class BatchValidationError(BatchRejected):
             path,
             f"{path}: batch rejected, it does not match the data contract:\n"
             + "\n".join(f"  - {problem}" for problem in shown)
-            + more
+            + more,
         )
 
 

@@ -123,7 +123,7 @@ class Warehouse:
             if not path.exists():
                 raise FileNotFoundError(f"batch {batch_id!r} has no warehouse database at {path}; ingest it first")
 
-            def ids(con: duckdb.DuckDBPyConnection) -> frozenset:
+            def ids(con: duckdb.DuckDBPyConnection, batch_id: str = batch_id) -> frozenset:
                 column = (_delivery_record(con) or {}).get("id_column")
                 if column is None:
                     raise ValueError(f"batch {batch_id!r} was stored before deliveries were recorded: ingest it again")

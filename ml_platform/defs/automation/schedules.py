@@ -129,9 +129,7 @@ def _stale_batches_schedule(
         tick = context.scheduled_execution_time.isoformat()
         requests, up_to_date, busy, quarantined = [], [], [], []
         for batch in batches:
-            if instance.get_run_records(
-                dg.RunsFilter(statuses=ACTIVE_STATUSES, tags={PARTITION_TAG: batch}), limit=1
-            ):
+            if instance.get_run_records(dg.RunsFilter(statuses=ACTIVE_STATUSES, tags={PARTITION_TAG: batch}), limit=1):
                 busy.append(batch)
                 continue
             source = batch_file(incoming_dir, batch, config.data.file_format)

@@ -7,8 +7,8 @@ import dagster as dg
 from ml_platform.defs.ingestion.quarantine import batch_quarantine
 from ml_platform.defs.partitions import batch_partitions
 from ml_platform.lib.config import PlatformConfig
-from ml_platform.lib.ingestion import ingestion_code_version
 from ml_platform.lib.incoming import IncomingCursor, list_incoming, plan_incoming
+from ml_platform.lib.ingestion import ingestion_code_version
 from ml_platform.lib.settings import Settings
 
 # Run tags that say why a run exists (`ml-platform status` and the UI's run list show them).

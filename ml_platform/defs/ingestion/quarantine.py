@@ -68,9 +68,7 @@ def latest_rejection(instance: dg.DagsterInstance, batch: str) -> Rejection | No
     )
 
 
-def batch_quarantine(
-    instance: dg.DagsterInstance, batch: str, source: Path, code_version: str
-) -> Quarantine | None:
+def batch_quarantine(instance: dg.DagsterInstance, batch: str, source: Path, code_version: str) -> Quarantine | None:
     """The batch's quarantine, if it is in one: the file is hashed only for a batch that was refused."""
     rejection = latest_rejection(instance, batch)
     if rejection is None:
