@@ -1,6 +1,8 @@
 """The cron schedules, evaluated in-process: skips with reasons, and skip-unchanged re-running only
 what changed (the same reasons `ml-platform run --only-stale` acts on)."""
 
+from datetime import UTC, datetime
+
 import dagster as dg
 import pytest
 from dagster._core.storage.defs_state.base import set_defs_state_storage
@@ -25,6 +27,7 @@ def evaluate(platform, name, config=None):
         repository = definitions.get_repository_def()
     context = dg.build_schedule_context(
         instance=platform.instance,
+        scheduled_execution_time=datetime.now(UTC),  # as the daemon sets it
         repository_def=repository,
         resources=build_resources(config, platform.settings),
     )

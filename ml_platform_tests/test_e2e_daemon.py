@@ -1,6 +1,7 @@
 """End to end under the real Dagster daemon: a file dropped in the incoming folder becomes a partition
 and a successful run on its own; a malformed one fails and the failure notification reaches a webhook
-that was down when the run failed, from the outbox, once the webhook is back.
+that was down when the run failed, from the outbox, once the webhook is back; and the batch is
+quarantined: neither the pipeline schedule nor the sensor runs it again while its content is the same.
 
 The daemon runs as a subprocess against a temporary DAGSTER_HOME (with the project's dagster.yaml) and
 loads the project's workspace.yaml, as `dagster dev` does; the webhook is a real HTTP server here.
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.scheduler.instigation import InstigatorType
+from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 
 from ml_platform.lib.demo_data import generate_churn_batch, write_demo_batches
 from ml_platform.lib.outbox import Outbox
@@ -35,10 +36,11 @@ def daemon_home(tmp_path, http_server, monkeypatch):
         **{
             "automation.new_batch_sensor.minimum_interval_seconds": 1,
             "automation.new_batch_sensor.settle_seconds": 1,
-            # Only the sensors under test: no cron tick may start runs of its own meanwhile.
+            # Only the sensors under test, and the pipeline schedule every minute: it must find nothing to
+            # run (a batch running, up to date or quarantined); the other cron ticks stay off.
             "automation.schedules.retraining.enabled": False,
             "automation.schedules.backtest.enabled": False,
-            "automation.schedules.pipeline.enabled": False,
+            "automation.schedules.pipeline.cron": "* * * * *",
             "notifications.channels.webhook_url": http_server.url("/hooks/ml"),
             "notifications.outbox.flush_interval_seconds": 1,
         }
@@ -127,6 +129,29 @@ def test_a_dropped_file_is_picked_up_run_and_a_bad_one_notifies(daemon, http_ser
     assert message["fields"]["step"] == "raw_batch"
     assert "churned" in message["error"]
     assert message["link"].endswith(f"/runs/{failed.dagster_run.run_id}")
+
+    # Quarantined: the same content written again is not run by the sensor, and the schedule's next tick
+    # skips it saying why. One run, one notification.
+    failed_at = instance.get_run_record_by_id(failed.dagster_run.run_id).end_time
+    copy = staging / "batch_0002.csv"
+    copy.write_bytes((incoming / "batch_0002.csv").read_bytes())
+    land(copy, incoming)
+    tick = wait_for(lambda: schedule_tick_after(instance, "pipeline_schedule", failed_at), 150, "a schedule tick")
+    assert tick.status == TickStatus.SKIPPED, tick
+    assert f"batch_0002: quarantined since run {failed.dagster_run.run_id[:8]}" in tick.skip_reason
+    assert "up to date (data, code and config unchanged): batch_0001" in tick.skip_reason
+    assert len(runs_for(instance, "batch_0002")) == 1
+    assert len(http_server.received) == 1
+
+
+def schedule_tick_after(instance: dg.DagsterInstance, name: str, after: float):
+    """The schedule's first finished tick after `after` (a timestamp), if there is one yet."""
+    for state in instance.all_instigator_state(instigator_type=InstigatorType.SCHEDULE):
+        if state.instigator_name == name:
+            ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, after=after)
+            finished = [tick for tick in ticks if tick.status != TickStatus.STARTED]
+            return min(finished, key=lambda tick: tick.timestamp) if finished else None
+    return None
 
 
 def outbox_tick_after(instance: dg.DagsterInstance, after: float, reason: str) -> bool:

@@ -129,3 +129,91 @@ def test_has_table_tells_whether_a_batch_has_been_through_dbt(tmp_path):
 def test_one_writer_per_batch_at_a_time(tmp_path):
     warehouse = Warehouse(tmp_path)
     assert overlapping_entries(lambda: warehouse.writing("b1")) == 0
+
+
+# ---------------------------------------------------------------- what each batch delivered
+
+
+def store_delivery(warehouse: Warehouse, batch_id: str, tmp_path, frame, policy: str = "reject"):
+    """Ingest `frame` as `batch_id` through the contract and the re-delivery rule, as `raw_batch` does."""
+    from ml_platform.lib.config import load_config
+    from ml_platform.lib.ingestion import ingest_delivery
+    from ml_platform.lib.settings import DEFAULT_CONFIG_PATH
+
+    data = load_config(DEFAULT_CONFIG_PATH).data.model_copy(update={"redelivered_ids": policy})
+    path = tmp_path / f"{batch_id}.csv"
+    path.write_text(frame.to_csv(index=False))
+    with warehouse.delivering():
+        return warehouse.replace_batch(
+            batch_id,
+            lambda con: ingest_delivery(
+                path, data, con, batch_id, lambda ids: warehouse.stored_deliveries(ids, data.id_column, batch_id)
+            ),
+        )
+
+
+def demo_frame(batch_number: int, rows: int = 30):
+    from ml_platform.lib.demo_data import generate_churn_batch
+
+    return generate_churn_batch(batch_number, rows)
+
+
+def test_the_warehouse_knows_which_ids_and_content_each_batch_delivered(tmp_path):
+    warehouse = Warehouse(tmp_path / "warehouse")
+    first = store_delivery(warehouse, "batch_0001", tmp_path, demo_frame(1))
+    store_delivery(warehouse, "batch_0002", tmp_path, demo_frame(2))
+
+    delivered = warehouse.delivered_ids(["batch_0001", "batch_0002"])
+    assert delivered["batch_0001"] == set(demo_frame(1)["customer_id"])
+    assert delivered["batch_0002"] == set(demo_frame(2)["customer_id"])
+    incoming = demo_frame(2).head(3).rename(columns={"customer_id": "id"})[["id"]]
+    stored = {delivery.batch_id: delivery for delivery in warehouse.stored_deliveries(incoming, "customer_id")}
+    assert stored["batch_0001"].ids == frozenset() and stored["batch_0001"].content_hash == first.content_hash
+    assert stored["batch_0002"].ids == set(incoming["id"]) and stored["batch_0002"].dataset == "churn"
+
+
+def test_a_refused_re_delivery_leaves_the_warehouse_as_it_was(tmp_path):
+    from ml_platform.lib.ingestion import RedeliveryError
+
+    warehouse = Warehouse(tmp_path / "warehouse")
+    store_delivery(warehouse, "batch_0001", tmp_path, demo_frame(1))
+    before = stored_files(warehouse.root)
+    copy = pd_concat(demo_frame(1).head(22), demo_frame(4).head(8))
+    with pytest.raises(
+        RedeliveryError,
+        match=r"batch_0004.csv: batch rejected, 22 of its 30 ids were delivered before \(22 in batch_0001\)",
+    ):
+        store_delivery(warehouse, "batch_0004", tmp_path, copy)
+    assert stored_files(warehouse.root) == before
+
+
+def test_dropped_re_deliveries_are_left_out_and_counted(tmp_path):
+    warehouse = Warehouse(tmp_path / "warehouse")
+    store_delivery(warehouse, "batch_0001", tmp_path, demo_frame(1))
+    summary = store_delivery(
+        warehouse, "batch_0004", tmp_path, pd_concat(demo_frame(1).head(22), demo_frame(4).head(8)), "drop"
+    )
+    assert (summary.rows, summary.dropped_rows, summary.redelivered_from) == (8, 22, ("batch_0001",))
+    assert warehouse.delivered_ids(["batch_0004"])["batch_0004"] == set(demo_frame(4).head(8)["customer_id"])
+
+
+def test_updated_rows_replace_the_earlier_ones_where_batches_are_read_together(tmp_path):
+    warehouse = Warehouse(tmp_path / "warehouse")
+    store_delivery(warehouse, "batch_0001", tmp_path, demo_frame(1))
+    updated = demo_frame(1).head(5).assign(support_tickets=99)
+    summary = store_delivery(warehouse, "batch_0004", tmp_path, pd_concat(updated, demo_frame(4).head(5)), "update")
+    assert (summary.rows, summary.replacing_rows) == (10, 5)
+
+    window = warehouse.read_table(["batch_0001", "batch_0004"], "raw_batch")
+    assert len(window) == 30 + 10 - 5 and window.attrs["superseded_rows"] == 5
+    assert window["customer_id"].is_unique
+    assert (window.set_index("customer_id").loc[updated["customer_id"], "support_tickets"] == 99).all()
+    # Each batch alone is what it delivered; a re-run of the earlier batch is not refused by the later one.
+    assert len(warehouse.read_table(["batch_0001"], "raw_batch")) == 30
+    assert store_delivery(warehouse, "batch_0001", tmp_path, demo_frame(1), "update").rows == 30
+
+
+def pd_concat(*frames):
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True)

@@ -158,7 +158,8 @@ def run(
         typer.Option(
             "--only-stale",
             help="Run only the assets whose data, code or config changed since they were built (or that "
-            "never were), and say why; a batch that is up to date runs nothing.",
+            "never were), and say why; a batch that is up to date runs nothing, and a quarantined one (refused "
+            "at ingestion, file and config unchanged since) is skipped.",
         ),
     ] = False,
 ) -> None:
@@ -202,14 +203,24 @@ def run(
         selection, tags = None, {}
         if only_stale:
             from ml_platform.defs.automation.staleness import STALE_REASON_TAG, describe_reasons, reasons_to_run
+            from ml_platform.defs.ingestion.quarantine import batch_quarantine
             from ml_platform.lib.batches import batch_file
+            from ml_platform.lib.ingestion import ingestion_code_version
 
+            source = batch_file(settings.incoming_dir(config), batch_id, config.data.file_format)
+            # Refused with this file and config: it would be refused again. Naming the batch forces it.
+            if quarantine := batch_quarantine(instance, batch_id, source, ingestion_code_version(config.data)):
+                from rich.markup import escape
+
+                console.print(
+                    f"[yellow]quarantined[/] {escape(quarantine.describe())}; correct the file, or force: "
+                    f"ml-platform run {batch_id}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                continue
             reasons = reasons_to_run(
-                instance,
-                definitions.resolve_asset_graph(),
-                batch_id,
-                list(job.asset_layer.selected_asset_keys),
-                batch_file(settings.incoming_dir(config), batch_id, config.data.file_format),
+                instance, definitions.resolve_asset_graph(), batch_id, list(job.asset_layer.selected_asset_keys), source
             )
             if not reasons:
                 console.print(f"[green]up to date[/] {batch_id}: data, code and config unchanged; nothing to run")

@@ -1,7 +1,9 @@
-"""`ml-platform status`: every batch's last run and champion decision, and what the latest runs did.
+"""`ml-platform status`: every batch's last run and champion decision, the quarantined batches, and
+what the latest runs did.
 
 Everything comes from Dagster's event log: the summaries the run-status sensor keeps in
-`reports/runs/` when they are there, else summaries derived from the log on the spot.
+`reports/runs/` when they are there, else summaries derived from the log on the spot; a quarantine
+from the refusal `raw_batch` recorded, compared with the batch's file and config now.
 """
 
 from __future__ import annotations
@@ -29,12 +31,19 @@ def status(
     instance = dagster_instance(settings)
     with console.status("reading the event log ..."):
         history = batch_history(instance)
+        quarantined = quarantined_batches(instance, settings, [entry["batch"] for entry in history])
         summaries = [
             load_run_summary(instance, record.dagster_run.run_id, settings.reports_dir)
             for record in recent_pipeline_runs(instance, runs)
         ]
     if as_json:
-        print_json({"batches": history, "runs": [summary.to_dict() for summary in summaries]})
+        print_json(
+            {
+                "batches": history,
+                "quarantined": [quarantine.to_dict() for quarantine in quarantined],
+                "runs": [summary.to_dict() for summary in summaries],
+            }
+        )
         return
     if not history and not summaries:
         incoming = settings.incoming_dir(load_platform_config(settings))
@@ -46,6 +55,15 @@ def status(
         )
         return
     print_table("batches", *history_table(history))
+    if quarantined:
+        from rich.markup import escape
+
+        print_table(
+            "quarantined: refused at ingestion, not run again until the file or the config changes "
+            "(`ml-platform run BATCH` forces one)",
+            ["batch", "refused by run", "error"],
+            [[quarantine.batch, quarantine.run_id[:8], escape(quarantine.error)] for quarantine in quarantined],
+        )
     if not summaries:
         if runs > 0:  # `--runs 0` asked for no run summaries, which says nothing about whether there are runs
             console.print("no pipeline runs yet: ml-platform run --all")
@@ -56,3 +74,19 @@ def status(
         print_table(None, *stages_table(summary))
         if summary.metrics:
             print_table(None, *metrics_table(summary))
+
+
+def quarantined_batches(instance, settings: Settings, batches: list[str]) -> list:
+    """The batches held back because their file and config are those they were refused with."""
+    from ml_platform.defs.ingestion.quarantine import batch_quarantine
+    from ml_platform.lib.batches import batch_file
+    from ml_platform.lib.ingestion import ingestion_code_version
+
+    config = load_platform_config(settings)
+    incoming, version = settings.incoming_dir(config), ingestion_code_version(config.data)
+    found = []
+    for batch in batches:
+        source = batch_file(incoming, batch, config.data.file_format)
+        if quarantine := batch_quarantine(instance, batch, source, version):
+            found.append(quarantine)
+    return found

@@ -55,6 +55,9 @@ class DataConfig(StrictModel):
     task: Task
     target: str
     id_column: str
+    # Ids that another stored batch of this data set delivered already: reject the batch, drop those
+    # rows, or let them update (replace) the earlier rows. See lib/redelivery.py.
+    redelivered_ids: Literal["reject", "drop", "update"] = "reject"
     # Column names reach SQL and dbt as identifiers: plain names only.
     columns: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], ColumnSpec]
 

@@ -3,19 +3,27 @@
 Reading and checking happen in DuckDB, so a million-row batch is checked in a second or two.
 Every problem is reported with the file, the column, a row number and what was expected; the
 caller decides where the typed table goes, and nothing is written when a check fails.
+
+`ingest_delivery` adds what one batch cannot see alone: whether its content or its ids were
+delivered by another stored batch (`lib/redelivery.py` decides, by `data.redelivered_ids`), and it
+records what the batch delivered beside its rows.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pyarrow.parquet as pq
 
-from ml_platform.lib.config import ColumnSpec, DataConfig
+from ml_platform.lib.config import ColumnSpec, DataConfig, code_version
+from ml_platform.lib.redelivery import StoredDelivery, decide_redelivery
+from ml_platform.lib.warehouse import DELIVERY_TABLE
 
 SQL_TYPES = {
     "string": "VARCHAR",
@@ -27,18 +35,31 @@ SQL_TYPES = {
 MAX_PROBLEMS = 20
 
 
-class BatchValidationError(ValueError):
+class BatchRejected(ValueError):
+    """A batch refused for what its file holds: the same file and config are refused again, every time
+    (so a failure with this error quarantines the batch until one of them changes)."""
+
+    def __init__(self, path: Path, message: str):
+        self.path = path
+        super().__init__(message)
+
+
+class RedeliveryError(BatchRejected):
+    """A batch whose content, or ids, other stored batches delivered already (`lib/redelivery.py`)."""
+
+
+class BatchValidationError(BatchRejected):
     """A batch that breaks its data contract; `problems` holds one line per broken rule."""
 
     def __init__(self, path: Path, problems: list[str]):
-        self.path = path
         self.problems = problems
         shown = problems[:MAX_PROBLEMS]
         more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
         super().__init__(
+            path,
             f"{path}: batch rejected, it does not match the data contract:\n"
             + "\n".join(f"  - {problem}" for problem in shown)
-            + more
+            + more,
         )
 
 
@@ -50,6 +71,21 @@ class BatchSummary:
     columns: list[str]
     content_hash: str
     null_counts: dict[str, int] = field(default_factory=dict)
+    # What the re-delivery rule did (`ingest_delivery`): rows left out or replacing others', and why.
+    dropped_rows: int = 0
+    replacing_rows: int = 0
+    redelivered_from: tuple[str, ...] = ()
+    redelivery_warning: str | None = None
+
+
+# The stored batches' deliveries for the incoming ids (column `id`): `Warehouse.stored_deliveries`.
+StoredDeliveries = Callable[[pd.DataFrame], Sequence[StoredDelivery]]
+
+
+def ingestion_code_version(data: DataConfig) -> str:
+    """The code version of ingesting a batch of `data` (the `raw_batch` asset's): what a failed
+    ingestion records, so a changed contract or policy lets a quarantined batch run again."""
+    return code_version(data)
 
 
 def file_content_hash(path: Path) -> str:
@@ -87,16 +123,80 @@ def ingest_batch(
             f'CAST("{name}" AS {SQL_TYPES[spec.type]}) AS "{name}"' for name, spec in data.columns.items()
         )
         con.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT {casts} FROM landed ORDER BY _row')
-        null_sums = ", ".join(f'count(*) - count("{name}")' for name in data.columns)
-        null_counts = dict(zip(data.columns, con.execute(f'SELECT {null_sums} FROM "{table}"').fetchone(), strict=True))
     finally:
         con.execute("DROP TABLE IF EXISTS landed")
     return BatchSummary(
         rows=rows,
         columns=list(data.columns),
         content_hash=file_content_hash(path),
-        null_counts={name: int(count) for name, count in null_counts.items()},
+        null_counts=_null_counts(con, data, table),
     )
+
+
+def ingest_delivery(
+    path: Path, data: DataConfig, con: duckdb.DuckDBPyConnection, batch_id: str, stored: StoredDeliveries
+) -> BatchSummary:
+    """`ingest_batch` into `raw_batch`, then the re-delivery rule against the other stored batches
+    (`stored`), then the batch's delivery record (`batch_delivery`) beside its rows.
+
+    Raises RedeliveryError, before anything is stored, for a batch whose content another batch
+    delivered, or (policy reject) whose ids other batches delivered; under policy drop those rows are
+    left out, under update they are kept and replace the others' where batches are read together.
+    """
+    summary = ingest_batch(path, data, con)
+    incoming_ids = con.execute(f'SELECT "{data.id_column}" AS id FROM raw_batch').df()
+    decision = decide_redelivery(
+        source=str(path),
+        batch_id=batch_id,
+        dataset=data.name,
+        content_hash=summary.content_hash,
+        rows=summary.rows,
+        stored=stored(incoming_ids),
+        policy=data.redelivered_ids,
+    )
+    if decision.refused:
+        con.execute("DROP TABLE raw_batch")
+        raise RedeliveryError(path, decision.refused)
+    if decision.drop_ids:
+        con.register("dropped_ids", pd.DataFrame({"id": list(decision.drop_ids)}))
+        con.execute(f'DELETE FROM raw_batch WHERE "{data.id_column}" IN (SELECT id FROM dropped_ids)')
+        con.unregister("dropped_ids")
+        rows = con.execute("SELECT count(*) FROM raw_batch").fetchone()[0]
+        summary = replace(summary, rows=rows, null_counts=_null_counts(con, data, "raw_batch"))
+    summary = replace(
+        summary,
+        dropped_rows=len(decision.drop_ids),
+        replacing_rows=len(decision.replaced_ids),
+        redelivered_from=decision.from_batches,
+        redelivery_warning=decision.warning,
+    )
+    con.execute(
+        f"""CREATE OR REPLACE TABLE "{DELIVERY_TABLE}" (
+            dataset VARCHAR, batch_id VARCHAR, content_hash VARCHAR, id_column VARCHAR, rows BIGINT,
+            policy VARCHAR, dropped_rows BIGINT, replacing_rows BIGINT, redelivered_from VARCHAR
+        )"""
+    )
+    con.execute(
+        f'INSERT INTO "{DELIVERY_TABLE}" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
+        [
+            data.name,
+            batch_id,
+            summary.content_hash,
+            data.id_column,
+            summary.rows,
+            data.redelivered_ids,
+            summary.dropped_rows,
+            summary.replacing_rows,
+            ",".join(summary.redelivered_from),
+        ],
+    )
+    return summary
+
+
+def _null_counts(con: duckdb.DuckDBPyConnection, data: DataConfig, table: str) -> dict[str, int]:
+    null_sums = ", ".join(f'count(*) - count("{name}")' for name in data.columns)
+    counts = con.execute(f'SELECT {null_sums} FROM "{table}"').fetchone()
+    return {name: int(count) for name, count in zip(data.columns, counts, strict=True)}
 
 
 def _read_header(path: Path, data: DataConfig) -> list[str]:

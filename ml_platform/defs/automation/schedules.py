@@ -1,8 +1,9 @@
 """Cron schedules: the platform's retraining, backtest and pipeline schedules (`automation.schedules`)
 and the tasks added with TaskScheduler (`ml-platform schedules add`), read from the schedules file.
 
-A tick that finds nothing to do says why (no batches yet, every batch up to date, no champion to
-backtest) instead of launching a run that would fail or recompute what has not changed.
+A tick that finds nothing to do says why (no batches yet, every batch up to date, a batch
+quarantined, no champion to backtest) instead of launching a run that would fail or recompute what
+has not changed.
 """
 
 import dagster as dg
@@ -11,10 +12,12 @@ from ml_platform.defs.automation.sensors import TRIGGER_TAG
 from ml_platform.defs.automation.staleness import STALE_REASON_TAG, describe_reasons, reasons_to_run
 from ml_platform.defs.evaluation.backtest import plan_backtest
 from ml_platform.defs.experiments.jobs import experiment_run_config
+from ml_platform.defs.ingestion.quarantine import batch_quarantine
 from ml_platform.defs.partitions import batch_partitions, batches_with
 from ml_platform.defs.tags import EXPERIMENT_ID_TAG, PARTITION_TAG
 from ml_platform.lib.batches import batch_file
 from ml_platform.lib.config import ConfigError, ExperimentConfig, PlatformConfig, ScheduleSpec, fingerprint
+from ml_platform.lib.ingestion import ingestion_code_version
 from ml_platform.lib.settings import Settings
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
 from ml_platform.resources.warehouse import WarehouseResource
@@ -45,7 +48,7 @@ def build_schedules(config: PlatformConfig, settings: Settings) -> list[dg.Sched
             groups=RETRAINING_GROUPS,
             latest_only=True,
             description="Retrains the newest batch's models where data, code or config changed since they were "
-            "trained (or a run failed); skips when they are up to date.",
+            "trained (or a run failed); skips when they are up to date, or the batch is quarantined.",
         ),
         _stale_batches_schedule(
             "pipeline_schedule",
@@ -55,7 +58,8 @@ def build_schedules(config: PlatformConfig, settings: Settings) -> list[dg.Sched
             job_name="batch_pipeline",
             groups=None,
             latest_only=False,
-            description="Runs the whole pipeline for every batch that is stale or was never run.",
+            description="Runs the whole pipeline for every batch that is stale or was never run, except "
+            "quarantined ones (refused at ingestion, file and config unchanged since).",
         ),
         _backtest_schedule("backtest_schedule", specs.backtest, config.promotion.registered_model_name, "champion"),
     ]
@@ -98,6 +102,7 @@ def _stale_batches_schedule(
     description: str,
 ) -> dg.ScheduleDefinition:
     incoming_dir = settings.incoming_dir(config)
+    ingestion_version = ingestion_code_version(config.data)
 
     @dg.schedule(
         name=name,
@@ -121,14 +126,16 @@ def _stale_batches_schedule(
             if asset_graph.get(key).partitions_def is not None
             and (groups is None or asset_graph.get(key).group_name in groups)
         ]
-        requests, up_to_date, busy = [], [], []
+        tick = context.scheduled_execution_time.isoformat()
+        requests, up_to_date, busy, quarantined = [], [], [], []
         for batch in batches:
-            if instance.get_run_records(
-                dg.RunsFilter(statuses=ACTIVE_STATUSES, tags={PARTITION_TAG: batch}), limit=1
-            ):
+            if instance.get_run_records(dg.RunsFilter(statuses=ACTIVE_STATUSES, tags={PARTITION_TAG: batch}), limit=1):
                 busy.append(batch)
                 continue
             source = batch_file(incoming_dir, batch, config.data.file_format)
+            if quarantine := batch_quarantine(instance, batch, source, ingestion_version):
+                quarantined.append(quarantine.describe())
+                continue
             reasons = reasons_to_run(instance, asset_graph, batch, keys, source)
             if not reasons:
                 up_to_date.append(batch)
@@ -136,6 +143,9 @@ def _stale_batches_schedule(
             context.log.info(f"{batch}:\n{describe_reasons(reasons)}")
             requests.append(
                 dg.RunRequest(
+                    # One run per batch and tick: a tick evaluated again (a daemon restarted) launches nothing
+                    # twice, and a tick with several stale batches is allowed (Dagster needs a key for each).
+                    run_key=f"{batch}@{tick}",
                     partition_key=batch,
                     asset_selection=list(reasons),
                     tags={TRIGGER_TAG: name, STALE_REASON_TAG: describe_reasons(reasons)[:1000]},
@@ -148,6 +158,11 @@ def _stale_batches_schedule(
             parts.append(f"up to date (data, code and config unchanged): {', '.join(up_to_date)}")
         if busy:
             parts.append(f"a run is already queued or running for: {', '.join(busy)}")
+        if quarantined:
+            parts.append(
+                "refused at ingestion, not run again until its file or the config changes (or `ml-platform run "
+                f"BATCH`): {'; '.join(quarantined)}"
+            )
         return dg.SkipReason("; ".join(parts))
 
     return stale_batches

@@ -4,9 +4,11 @@ import time
 
 import dagster as dg
 
+from ml_platform.defs.ingestion.quarantine import batch_quarantine
 from ml_platform.defs.partitions import batch_partitions
 from ml_platform.lib.config import PlatformConfig
 from ml_platform.lib.incoming import IncomingCursor, list_incoming, plan_incoming
+from ml_platform.lib.ingestion import ingestion_code_version
 from ml_platform.lib.settings import Settings
 
 # Run tags that say why a run exists (`ml-platform status` and the UI's run list show them).
@@ -18,6 +20,7 @@ THROUGH_PIPELINE_KEY = dg.AssetKey("champion_model")
 def build_new_batch_sensor(config: PlatformConfig, settings: Settings) -> dg.SensorDefinition:
     spec = config.automation.new_batch_sensor
     incoming_dir = settings.incoming_dir(config)
+    ingestion_version = ingestion_code_version(config.data)
 
     @dg.sensor(
         name="new_batch_sensor",
@@ -45,6 +48,15 @@ def build_new_batch_sensor(config: PlatformConfig, settings: Settings) -> dg.Sen
         if plan.deferred:
             context.log.info(f"{len(plan.deferred)} more batch(es) next tick (max_batches={spec.max_batches})")
         new_keys = [batch.batch_id for batch in plan.ready if batch.batch_id not in known]
+        # A file written again with the content it was refused for (a re-upload, a copy) fails again.
+        ready, held = [], []
+        for batch in plan.ready:
+            if quarantine := batch_quarantine(
+                context.instance, batch.batch_id, incoming_dir / batch.file.name, ingestion_version
+            ):
+                held.append(quarantine.describe())
+            else:
+                ready.append(batch)
         run_requests = [
             dg.RunRequest(
                 # One run per version of a file: a daemon that crashes after requesting it does not run it twice.
@@ -55,13 +67,13 @@ def build_new_batch_sensor(config: PlatformConfig, settings: Settings) -> dg.Sen
                     SOURCE_FILE_TAG: str(incoming_dir / batch.file.name),
                 },
             )
-            for batch in plan.ready
+            for batch in ready
         ]
         return dg.SensorResult(
             run_requests=run_requests,
             dynamic_partitions_requests=[batch_partitions.build_add_request(new_keys)] if new_keys else [],
             cursor=plan.cursor.to_json(),
-            skip_reason=None if run_requests else plan.skip_reason(incoming_dir),
+            skip_reason=None if run_requests else "; ".join([plan.skip_reason(incoming_dir), *held]),
         )
 
     return new_batch_sensor
