@@ -95,12 +95,13 @@ def test_three_batches_materialized_at_once_all_succeed(tmp_path: Path):
     assert sorted(r.data.tags["dagster.partition"] for r in mlflow_runs) == sorted(list(runs) * 3)
     name = config.promotion.registered_model_name
     assert len(client.search_model_versions(f"name='{name}'")) == 3
-    # The champion decisions ran one at a time (pool `model_registry`), so the champion is the
-    # last version that was promoted, and every promotion's reason refers to the one before it.
-    promoted = [
-        v
-        for v in (client.get_model_version(name, str(n)) for n in (1, 2, 3))
-        if not v.tags["promotion_reason"].startswith("does not beat")
-    ]
-    assert sum(v.tags["promotion_reason"].startswith("no current champion") for v in promoted) == 1
-    assert client.get_model_version_by_alias(name, "champion").version == max(int(v.version) for v in promoted)
+    # The champion decisions ran one at a time (pool `model_registry`): each version was decided
+    # against the champion left by the decision before it, and the alias is on the last one promoted.
+    champion_then = ""
+    for number in (1, 2, 3):
+        version = client.get_model_version(name, str(number))
+        assert version.tags["decision.incumbent"] == champion_then, version.tags
+        if version.tags["decision.alias"] == "champion":
+            champion_then = str(number)
+    assert client.get_model_version(name, "1").tags["promotion_reason"].startswith("no current champion")
+    assert str(client.get_model_version_by_alias(name, "champion").version) == champion_then

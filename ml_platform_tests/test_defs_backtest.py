@@ -18,6 +18,7 @@ from ml_platform.defs.evaluation.backtest import (
 from ml_platform.lib.backtest import model_inputs
 from ml_platform.lib.demo_data import generate_churn_batch
 from ml_platform.lib.evaluation import score
+from ml_platform.lib.mlflow_store import tracking_uri_in_use
 from ml_platform.lib.warehouse import Warehouse
 from ml_platform_tests.conftest import PlatformUnderTest
 
@@ -43,6 +44,7 @@ def backtested(module_platform: PlatformUnderTest):
     Warehouse(platform.settings.warehouse_dir).replace_batch("batch_0004", build)
 
     store = platform.mlflow()
+    client = store.client()
     name = platform.config.promotion.registered_model_name
     champion = store.champion_version(name)
     for alias, tags in {
@@ -52,7 +54,9 @@ def backtested(module_platform: PlatformUnderTest):
         "from_a_lost_batch": {"batch": "batch_0099"},
         "untagged": {},
     }.items():
-        store.register(name, champion.source, champion.run_id, alias=alias, tags=tags)
+        with tracking_uri_in_use(store.tracking_uri):  # the source is a `models:/` URI of the fluent store
+            version = client.create_model_version(name, champion.source, champion.run_id, tags=tags)
+        client.set_registered_model_alias(name, alias, version.version)
     return platform, run_backtest_asset(platform)
 
 

@@ -32,6 +32,9 @@ class _DropUnpinnedPipWarning(logging.Filter):
 
 
 logging.getLogger("mlflow.utils.environment").addFilter(_DropUnpinnedPipWarning())
+# MLflow draws a progress bar on stderr for every artifact it downloads (a champion's training ids,
+# at every decision): noise in run logs and in the CLI's one-line output. Set it to "true" to see them.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 FLUENT_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 # The ids a model was fitted on, so a later comparison can prove it never saw the rows it is scored on.
