@@ -4,6 +4,7 @@ through the installed entry point for what a person at the terminal sees of a ru
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,6 +33,11 @@ def test_demo_session_adds_batches_runs_them_and_shows_the_champion(cli):
 
     ran = cli.installed("run", "--all")
     assert "ok batch_0001" in ran.stdout and "ok batch_0002" in ran.stdout
+    # Each batch's decision, with the gate's figures for the second.
+    assert "v1 champion: no current champion; roc_auc=" in ran.stdout
+    assert re.search(
+        r"v2 (champion|challenger): .*the champion \(v1\): roc_auc .* \(95% interval .*, 200 rows\)", ran.stdout
+    )
     assert ran.stderr == ""  # no library warning reaches the terminal
     assert (Path(cli.overrides["DAGSTER_HOME"]) / "dagster.yaml").exists()
 

@@ -258,7 +258,7 @@ def run(
                 code=128 + (signum or signal.SIGINT),
             )
         if result.success:
-            console.print(f"[green]ok[/] {batch_id} (run {result.run_id})")
+            console.print(f"[green]ok[/] {batch_id} (run {result.run_id}){_decision(result)}", soft_wrap=True)
         else:
             failed.append(batch_id)
             console.print(f"[red]failed[/] {batch_id} (run {result.run_id}): {first_failure(result)}")
@@ -269,6 +269,16 @@ def run(
             f"{len(failed)} of {len(targets)} batch run(s) failed: {', '.join(failed)} "
             f"(each run's full log: the Dagster UI, `make ui`{more})"
         )
+
+
+def _decision(result) -> str:
+    """The run's champion decision, as the line a person wants after each batch; empty when the run
+    did not decide (an `--only-stale` run that left `champion_model` alone)."""
+    for event in result.get_asset_materialization_events():
+        if event.asset_key.to_user_string() == "champion_model":
+            metadata = {key: value.value for key, value in event.materialization.metadata.items()}
+            return f"\n  v{metadata['version']} {metadata['alias']}: {metadata['reason']}"
+    return ""
 
 
 def _report_run(instance, run_id: str, config, settings: Settings) -> None:
