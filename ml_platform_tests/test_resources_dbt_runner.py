@@ -37,7 +37,7 @@ def test_a_subset_builds_only_the_selected_model_and_runs_only_its_tests(platfor
     assert check_results(result) == {"not_null_stg_batch_batch_id": True}
     with duckdb.connect(str(platform.settings.warehouse_dir / f"{batch}.duckdb"), read_only=True) as con:
         tables = {row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-    assert tables == {"raw_batch", "stg_batch"}
+    assert tables == {"raw_batch", "batch_delivery", "stg_batch"}  # no `features`: it was not selected
 
 
 def test_a_failing_dbt_test_fails_the_step_names_the_test_and_keeps_the_run_artifacts(
