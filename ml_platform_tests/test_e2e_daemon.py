@@ -64,8 +64,9 @@ def dagster_daemon(env: dict[str, str], workspace: Path, log_path: Path) -> Iter
     # The instance first: it creates and stamps the SQLite storages, which the daemon and its code server
     # would otherwise both do at once ("alembic_version has more than one head present").
     instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
-    with log_path.open("w") as log, started(
-        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)], env, log
+    with (
+        log_path.open("w") as log,
+        started([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)], env, log),
     ):
         try:
             yield instance
