@@ -5,8 +5,8 @@ held is freed by run monitoring, so neither its retry nor another batch's champi
 The platform is a copy of the session's prepared home (batches 1 and 2 through the pipeline, a champion),
 so the killed run retrains batch_0002 only: its models, report and champion step, a winner never
 registered before. Runs are launched with `dagster job launch` to the run queue, as the UI's "Launch
-run" does; the daemon and the launches share one code server (`dagster api grpc`), as `dagster dev`'s
-webserver and daemon do, so the platform's definitions are imported once. The instance is the
+run" does; the daemon and the launches share one code server (`dagster api grpc`, a workspace entry
+`grpc_server`), so the platform's definitions are imported once. The instance is the
 project's dagster.yaml with run monitoring polling every second (production: 30 s and 60 s).
 """
 
