@@ -64,14 +64,15 @@ def killed(prepared_home: PreparedHome, tmp_path_factory: pytest.TempPathFactory
 
     to_kill, to_stop = start("batch_0002"), start("batch_0001", "batch_0002")
     try:
+        # The stop first, at its run's first step: the run to be killed then has both cores to reach a model.
+        stopped_run = wait_for(lambda: run_of(to_stop), 240, "the run to be stopped to start")
+        wait_for(lambda: step_started(instance, stopped_run.run_id), 240, "a step of the run to be stopped")
+        to_stop.send_signal(signal.SIGTERM)
+
         killed_run = wait_for(lambda: run_of(to_kill), 240, "the run to be killed to start")
         killed_mlflow_runs = wait_for(lambda: running_mlflow_runs(killed_run.run_id), 240, "a model's MLflow run")
         to_kill.send_signal(signal.SIGKILL)
         to_kill.wait(30)
-
-        stopped_run = wait_for(lambda: run_of(to_stop), 240, "the run to be stopped to start")
-        wait_for(lambda: step_started(instance, stopped_run.run_id), 240, "a step of the run to be stopped")
-        to_stop.send_signal(signal.SIGTERM)
         stdout, stderr = to_stop.communicate(timeout=120)
     finally:
         for process in (to_kill, to_stop):

@@ -9,12 +9,15 @@ loads the project's workspace.yaml, as `dagster dev` does; the webhook is a real
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import dagster as dg
 import pytest
@@ -56,29 +59,45 @@ def daemon_home(tmp_path, http_server, monkeypatch):
 @pytest.fixture
 def daemon(daemon_home):
     home, config, env = daemon_home
-    # Create the instance's SQLite storages before the daemon and its code server start: three processes
-    # creating them at once can leave two alembic heads, and then no process can open the instance.
+    with dagster_daemon(env, PROJECT_ROOT / "workspace.yaml", home / "daemon.log") as instance:
+        yield home, config, instance
+
+
+@contextlib.contextmanager
+def dagster_daemon(env: dict[str, str], workspace: Path, log_path: Path) -> Iterator[dg.DagsterInstance]:
+    """`dagster-daemon run` on `workspace` in the environment `env`, its output in `log_path`; yields the
+    instance of env's DAGSTER_HOME and stops the daemon with everything it started."""
+    # The instance first: it creates and stamps the SQLite storages, which the daemon and its code server
+    # would otherwise both do at once ("alembic_version has more than one head present").
     instance = dg.DagsterInstance.from_config(env["DAGSTER_HOME"])
-    instance.all_instigator_state()
-    log = (home / "daemon.log").open("w")
+    with (
+        log_path.open("w") as log,
+        started([str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)], env, log),
+    ):
+        try:
+            yield instance
+        finally:
+            instance.dispose()
+
+
+@contextlib.contextmanager
+def started(
+    command: list[str], env: dict[str, str], log: IO[str], stop: signal.Signals = signal.SIGTERM
+) -> Iterator[subprocess.Popen]:
+    """A long-running process in its own session, its output in `log`; on exit `stop` to the session
+    (so what it started goes with it), SIGKILL after 30 s."""
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(PROJECT_ROOT / "workspace.yaml")],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its code server and run workers go with it
+        command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
-        yield home, config, instance
+        yield process
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        os.killpg(process.pid, stop)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-        log.close()
-        instance.dispose()
+            process.wait()
 
 
 def land(source: Path, incoming: Path) -> float:
