@@ -248,7 +248,5 @@ def test_an_id_delivered_in_two_batches_of_the_window_is_refused_at_split_time(f
         features["batch_id"] == "batch_0001", "customer_id"
     ].to_numpy()
 
-    with pytest.raises(
-        SplitLeakError, match=r"200 id\(s\) of 'customer_id' are in both the training and the held-out"
-    ):
+    with pytest.raises(SplitLeakError, match=r"200 id\(s\) of 'customer_id' are in both the training and the held-out"):
         split_train_test(replayed, classification, TrainingConfig(), CURRENT)
