@@ -10,7 +10,6 @@ such a Failure and the step fails at once, with the original error as its cause.
 """
 
 import functools
-import inspect
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -31,19 +30,6 @@ def retry_only_transient(fn: F) -> F:
     Put it between the `@dg.asset`/`@dg.op` decorator and the function; the signature Dagster reads
     (context, config, inputs, resources) is the function's own.
     """
-    if inspect.isgeneratorfunction(fn):
-
-        @functools.wraps(fn)
-        def generator(*args, **kwargs):
-            try:
-                return (yield from fn(*args, **kwargs))
-            except Exception as error:
-                if (failure := _not_retried(error)) is None:
-                    raise
-                raise failure from error
-
-        return generator  # type: ignore[return-value]
-
     @functools.wraps(fn)
     def function(*args, **kwargs):
         try:

@@ -19,7 +19,7 @@ import logging
 import smtplib
 import ssl
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -143,6 +143,16 @@ def _os_reason(error: BaseException) -> str | None:
     requests and urllib3 wrap the socket error several times, each wrapper quoting the URL; only the
     innermost OS error carries a reason with no URL in it.
     """
+    for current in _causes(error, follow_context=True):
+        # Only errors raised by the socket layer: a library's OSError subclass may carry the URL as strerror.
+        if isinstance(current, OSError) and current.strerror and type(current).__module__ in _OS_ERROR_MODULES:
+            return current.strerror
+    return None
+
+
+def _causes(error: BaseException, follow_context: bool) -> Iterator[BaseException]:
+    """`error` and every exception it wraps (causes, `reason` attributes, exception arguments), once each;
+    with `follow_context`, also the exceptions being handled when each was raised."""
     seen: set[int] = set()
     pending: list[Any] = [error]
     while pending:
@@ -150,11 +160,9 @@ def _os_reason(error: BaseException) -> str | None:
         if not isinstance(current, BaseException) or id(current) in seen:
             continue
         seen.add(id(current))
-        # Only errors raised by the socket layer: a library's OSError subclass may carry the URL as strerror.
-        if isinstance(current, OSError) and current.strerror and type(current).__module__ in _OS_ERROR_MODULES:
-            return current.strerror
-        pending.extend([current.__cause__, current.__context__, getattr(current, "reason", None), *current.args])
-    return None
+        yield current
+        context = [current.__context__] if follow_context else []
+        pending.extend([current.__cause__, *context, getattr(current, "reason", None), *current.args])
 
 
 # A webhook that hiccups (refused while restarting, 5xx or 429 under load) gets two more tries, 0.5 s
@@ -174,17 +182,9 @@ def _never_sent(error: BaseException) -> bool:
     """
     if isinstance(error, requests.ConnectTimeout):
         return True
-    seen: set[int] = set()
-    pending: list[Any] = [error]
-    while pending:
-        current = pending.pop()
-        if not isinstance(current, BaseException) or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, urllib3.exceptions.ConnectTimeoutError):
-            return True
-        pending.extend([current.__cause__, getattr(current, "reason", None), *current.args])
-    return False
+    return any(
+        isinstance(current, urllib3.exceptions.ConnectTimeoutError) for current in _causes(error, follow_context=False)
+    )
 
 
 def _post_json(url: str, payload: dict[str, Any], timeout: float) -> None:

@@ -26,16 +26,8 @@ def build_monitoring_sensors(config: PlatformConfig, settings: Settings) -> list
     hooks = load_hooks(config.monitoring.hooks)
     reports_dir = settings.reports_dir
 
-    @dg.run_failure_sensor(
-        name="run_failure_notifications",
-        minimum_interval_seconds=INTERVAL_SECONDS,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        monitor_all_code_locations=True,
-        description="Notifies (log, Slack, webhook, email: `notifications.channels`) when a run fails, "
-        "writes its summary under reports/runs/ and calls the monitoring hooks' on_error. Every run of the "
-        "instance, `ml-platform run` and `dagster asset materialize` included; once per run.",
-    )
-    def run_failure_notifications(context: dg.RunFailureSensorContext, notifier: NotifierResource) -> None:
+    def report(context: dg.RunStatusSensorContext, notifier: NotifierResource) -> None:
+        """The ended run's notification, summary and hooks, unless `ml-platform run` reported it already."""
         report_run_end(
             context.instance,
             context.dagster_run.run_id,
@@ -46,6 +38,18 @@ def build_monitoring_sensors(config: PlatformConfig, settings: Settings) -> list
             context.log,
             SENSOR_REPORTER,
         )
+
+    @dg.run_failure_sensor(
+        name="run_failure_notifications",
+        minimum_interval_seconds=INTERVAL_SECONDS,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        monitor_all_code_locations=True,
+        description="Notifies (log, Slack, webhook, email: `notifications.channels`) when a run fails, "
+        "writes its summary under reports/runs/ and calls the monitoring hooks' on_error. Every run of the "
+        "instance, `ml-platform run` and `dagster asset materialize` included; once per run.",
+    )
+    def run_failure_notifications(context: dg.RunFailureSensorContext, notifier: NotifierResource) -> None:
+        report(context, notifier)
 
     @dg.run_status_sensor(
         run_status=dg.DagsterRunStatus.SUCCESS,
@@ -58,16 +62,7 @@ def build_monitoring_sensors(config: PlatformConfig, settings: Settings) -> list
         "Every run of the instance; once per run.",
     )
     def run_success_monitor(context: dg.RunStatusSensorContext, notifier: NotifierResource) -> None:
-        report_run_end(
-            context.instance,
-            context.dagster_run.run_id,
-            notifier,
-            hooks,
-            settings.home,
-            reports_dir,
-            context.log,
-            SENSOR_REPORTER,
-        )
+        report(context, notifier)
 
     @dg.sensor(
         name="notification_outbox",
