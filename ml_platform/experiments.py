@@ -161,6 +161,7 @@ class ExperimentManager:
         project's Dagster instance and wait for it. `progress(job)`, when given, is a context manager
         around the run that yields its run id (the CLI's progress display)."""
         import dagster as dg
+        from dagster._core.storage.defs_state.base import set_defs_state_storage
 
         from ml_platform.defs.definitions import build_definitions
         from ml_platform.defs.experiments.jobs import experiment_run_config
@@ -181,7 +182,11 @@ class ExperimentManager:
             definitions = build_definitions(self.platform, self.settings)
         except FileNotFoundError as error:  # the dbt manifest has not been prepared
             raise ExperimentError(str(error)) from None
-        job = definitions.resolve_job_def("experiment")
+        # Definitions load against the "current" definitions-state storage, a context variable that the
+        # last instance entered in this process leaves behind (dagster 1.13), even once it is disposed;
+        # a long-lived process (a notebook, a test session) would then fail to load them. This one's own.
+        with set_defs_state_storage(self.instance.defs_state_storage):
+            job = definitions.resolve_job_def("experiment")
         with progress(job) if progress else contextlib.nullcontext() as run_id:
             result = job.execute_in_process(
                 run_config={

@@ -296,14 +296,6 @@ def http_server(start_http_server) -> RecordingHTTPServer:
     return start_http_server(200)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def definitions_state_storage_ends_with_the_module() -> Iterator[None]:
-    """The same around each module, so that its module-scoped fixtures (set up before any test's own
-    fixtures) never start from a storage an earlier module's instance left behind."""
-    with set_defs_state_storage(None):
-        yield
-
-
 @pytest.fixture(autouse=True)
 def definitions_state_storage_ends_with_the_test() -> Iterator[None]:
     """Each test starts with no current definitions-state storage and leaves none behind.
