@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
 from sklearn import metrics as skm
 
 from ml_platform.lib.config import METRIC_DIRECTIONS, PromotionConfig
@@ -167,15 +166,16 @@ def paired_bootstrap(
     sign = 1.0 if mode == "max" else -1.0
     differences = []
     for start in range(0, samples, chunk):
-        rows = rng.integers(0, len(truth), size=(min(chunk, samples - start), len(truth)))
+        counts = _resample_counts(rng, min(chunk, samples - start), len(truth))
         differences.append(
-            sign * (_metric_on_rows(metric, truth, winner, rows) - _metric_on_rows(metric, truth, champion, rows))
+            sign
+            * (_metric_on_counts(metric, truth, winner, counts) - _metric_on_counts(metric, truth, champion, counts))
         )
     spread = np.concatenate(differences)
     spread = spread[np.isfinite(spread)]
-    everything = np.arange(len(truth))[np.newaxis, :]
-    winner_value = float(_metric_on_rows(metric, truth, winner, everything)[0])
-    champion_value = float(_metric_on_rows(metric, truth, champion, everything)[0])
+    everything = np.ones((1, len(truth)))
+    winner_value = float(_metric_on_counts(metric, truth, winner, everything)[0])
+    champion_value = float(_metric_on_counts(metric, truth, champion, everything)[0])
     tail = (1 - confidence) / 2
     low, high = (float(q) for q in np.quantile(spread, [tail, 1 - tail])) if len(spread) else (math.nan, math.nan)
     return PairedComparison(
@@ -191,33 +191,50 @@ def paired_bootstrap(
     )
 
 
-def _metric_on_rows(metric: str, truth: np.ndarray, predictions: Predictions, rows: np.ndarray) -> np.ndarray:
-    """`metric` on each row of `rows` (resamples x indices), vectorised: one value per resample.
-    Agrees with `metrics_of` (scikit-learn) on the same rows."""
-    y = truth[rows]
-    labels = predictions.labels[rows]
+def _resample_counts(rng: np.random.Generator, resamples: int, rows: int) -> np.ndarray:
+    """How often each row is drawn in each resample (resamples x rows): `rows` draws with replacement."""
+    drawn = rng.integers(0, rows, size=(resamples, rows)) + rows * np.arange(resamples)[:, np.newaxis]
+    return np.bincount(drawn.ravel(), minlength=resamples * rows).reshape(resamples, rows).astype(float)
+
+
+def _metric_on_counts(metric: str, truth: np.ndarray, predictions: Predictions, counts: np.ndarray) -> np.ndarray:
+    """`metric` on each resample, a row of `counts` (how often each held-out row was drawn): one value
+    per resample, agreeing with `metrics_of` (scikit-learn) on the rows drawn.
+
+    Each metric is a weighted sum over the rows, so a resample costs a matrix product, not a copy of
+    the rows; ROC AUC sorts the scores once and counts, per resample, the weight of negatives below
+    each positive (ties count half), which is the Mann-Whitney form of the AUC.
+    """
+    labels = predictions.labels
     with np.errstate(invalid="ignore", divide="ignore"):
         if metric == "roc_auc":
-            positive = y == 1
-            n_positive = positive.sum(axis=1)
-            n_negative = y.shape[1] - n_positive
-            ranks = rankdata(predictions.scores[rows], axis=1)
-            return ((ranks * positive).sum(axis=1) - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative)
+            order = np.argsort(predictions.scores, kind="stable")
+            ordered_scores = predictions.scores[order]
+            starts = np.flatnonzero(np.r_[True, ordered_scores[1:] != ordered_scores[:-1]])
+            positive = (truth[order] == 1).astype(float)
+            weights = counts[:, order]
+            positives = np.add.reduceat(weights * positive, starts, axis=1)
+            negatives = np.add.reduceat(weights * (1 - positive), starts, axis=1)
+            below = np.cumsum(negatives, axis=1) - negatives
+            pairs = positives.sum(axis=1) * negatives.sum(axis=1)
+            return (positives * (below + negatives / 2)).sum(axis=1) / pairs
+        drawn = counts.sum(axis=1)
         if metric == "accuracy":
-            return (labels == y).mean(axis=1)
+            return counts @ (labels == truth).astype(float) / drawn
         if metric in ("precision", "recall", "f1"):
-            true_positive = ((labels == 1) & (y == 1)).sum(axis=1)
-            predicted = (labels == 1).sum(axis=1)
-            actual = (y == 1).sum(axis=1)
+            true_positive = counts @ ((labels == 1) & (truth == 1)).astype(float)
+            predicted = counts @ (labels == 1).astype(float)
+            actual = counts @ (truth == 1).astype(float)
             denominator = {"precision": predicted, "recall": actual, "f1": (predicted + actual) / 2}[metric]
             return np.where(denominator > 0, true_positive / np.where(denominator > 0, denominator, 1), 0.0)
-        errors = labels.astype(float) - y
+        errors = labels.astype(float) - truth
         if metric == "rmse":
-            return np.sqrt((errors**2).mean(axis=1))
+            return np.sqrt(counts @ errors**2 / drawn)
         if metric == "mae":
-            return np.abs(errors).mean(axis=1)
+            return counts @ np.abs(errors) / drawn
         if metric == "r2":
-            return 1 - (errors**2).sum(axis=1) / ((y - y.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+            spread = counts @ truth.astype(float) ** 2 - (counts @ truth.astype(float)) ** 2 / drawn
+            return 1 - (counts @ errors**2) / spread
     raise ValueError(f"unknown metric {metric!r}")
 
 
