@@ -169,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         if incumbent is None:
             decision = first_champion(metric, challenger_score)
         else:  # not in a fresh home: the asset's fairness check and gate on the same held-out rows
-            trained_on = store.training_ids(incumbent.run_id)
-            seen = None if trained_on is None else len(trained_on & set(split.held_out_ids()))
+            seen = store.rows_trained_on(incumbent.run_id, split.held_out_ids())
             model = store.load_model(f"models:/{model_name}/{incumbent.version}")
             decision = unfair_comparison(batch_id, str(incumbent.version), seen) or decide_on_held_out_rows(
                 config.promotion,

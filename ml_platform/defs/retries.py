@@ -30,6 +30,7 @@ def retry_only_transient(fn: F) -> F:
     Put it between the `@dg.asset`/`@dg.op` decorator and the function; the signature Dagster reads
     (context, config, inputs, resources) is the function's own.
     """
+
     @functools.wraps(fn)
     def function(*args, **kwargs):
         try:

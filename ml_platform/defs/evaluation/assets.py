@@ -230,14 +230,11 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
         ordered = context.instance.get_dynamic_partitions(batch_partitions.name)
         return (
             earlier_than_champion(batch_id, champion, incumbent.tags.get("batch"), ordered)
-            or unfair_comparison(batch_id, champion, held_out_rows_seen(mlflow, incumbent, split))
+            or unfair_comparison(
+                batch_id, champion, mlflow.store.rows_trained_on(incumbent.run_id, split.held_out_ids())
+            )
             or compare_with_champion(mlflow, incumbent, winner, split)
         )
-
-    def held_out_rows_seen(mlflow: MlflowTrackingResource, incumbent, split) -> int | None:
-        """How many of the held-out rows the champion was fitted on; None when it did not record it."""
-        trained_on = mlflow.store.training_ids(incumbent.run_id)
-        return None if trained_on is None else len(trained_on & set(split.held_out_ids()))
 
     def compare_with_champion(mlflow, incumbent, winner: TrainedCandidate, split) -> PromotionDecision:
         promotion = config.promotion
