@@ -143,22 +143,28 @@ def free_pool_slots(instance: dg.DagsterInstance, run_id: str) -> None:
         instance.event_log_storage.free_concurrency_slots_for_run(run_id)
 
 
-def clean_after(run_id: str, settings: Settings, mlflow_store: Callable[[], object] | None) -> list[str]:
-    """End the MLflow runs this dead Dagster run left RUNNING (status KILLED), remove its dbt folders and
-    every temporary file whose writer is dead. Returns what was done, one phrase each."""
+def clean_after(
+    run_id: str, settings: Settings, mlflow_store: Callable[[], object] | None, dbt_folders: bool = True
+) -> list[str]:
+    """End the MLflow runs this Dagster run left RUNNING (status KILLED) and, with `dbt_folders`, remove its
+    dbt folders. Returns what was done, one phrase each."""
     done = []
     if mlflow_store is not None and (ended := end_mlflow_runs(mlflow_store(), run_id)):
         done.append(f"ended {len(ended)} MLflow run(s) left RUNNING ({', '.join(ended)})")
-    leftovers = dbt_run_folders(settings.dbt_runs_dir, [run_id]) + sweep_leftovers(settings)
-    for path in leftovers:
-        remove(path)
-    if leftovers:
-        done.append(f"removed {', '.join(path.name for path in leftovers)}")
+    folders = dbt_run_folders(settings.dbt_runs_dir, [run_id]) if dbt_folders else []
+    for folder in folders:
+        remove(folder)
+    if folders:
+        done.append(f"removed {', '.join(folder.name for folder in folders)}")
     return done
 
 
-def sweep_leftovers(settings: Settings) -> list[Path]:
-    return dead_writer_leftovers(settings.warehouse_dir, settings.dbt_runs_dir, process_started_at)
+def sweep_leftovers(settings: Settings) -> list[str]:
+    """Remove every temporary file (`.building`, dbt parse folders) whose writer is dead; one line, or none."""
+    swept = dead_writer_leftovers(settings.warehouse_dir, settings.dbt_runs_dir, process_started_at)
+    for path in swept:
+        remove(path)
+    return [f"removed files of dead processes: {', '.join(path.name for path in swept)}"] if swept else []
 
 
 def remove(path: Path) -> None:
@@ -197,7 +203,7 @@ def reap_dead_runs(
             continue
         done = clean_after(dead.run.run_id, settings, mlflow_store)
         lines.append(f"marked {dead.describe()} failed: its process is gone" + "".join(f"; {d}" for d in done))
-    return lines
+    return lines + (sweep_leftovers(settings) if lines else [])
 
 
 def mark_stopped(
@@ -214,6 +220,7 @@ def mark_stopped(
     instance.report_engine_event(f"{why}.", run)
     mark_failed(instance, run, f"{why}.")
     clean_after(run_id, settings, mlflow_store)
+    sweep_leftovers(settings)
     return "marked failed"
 
 
@@ -265,17 +272,7 @@ def clean_after_finished_runs(
     for record in records:
         newest = max(newest, record.update_timestamp.timestamp())
         run = record.dagster_run
-        ended = end_mlflow_runs(mlflow_store(), run.run_id)
-        folders = dbt_run_folders(settings.dbt_runs_dir, [run.run_id]) if died(run) else []
-        for folder in folders:
-            remove(folder)
-        if ended or folders:
-            what = [f"ended {len(ended)} MLflow run(s) left RUNNING"] if ended else []
-            what += [f"removed {', '.join(folder.name for folder in folders)}"] if folders else []
-            lines.append(f"after {run.status.value.lower()} run {run.run_id}: {'; '.join(what)}")
-    swept = sweep_leftovers(settings)
-    for path in swept:
-        remove(path)
-    if swept:
-        lines.append(f"removed files of dead processes: {', '.join(path.name for path in swept)}")
+        if done := clean_after(run.run_id, settings, mlflow_store, dbt_folders=died(run)):
+            lines.append(f"after {run.status.value.lower()} run {run.run_id}: {'; '.join(done)}")
+    lines += sweep_leftovers(settings)
     return lines, newest
