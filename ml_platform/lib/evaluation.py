@@ -137,7 +137,7 @@ class PairedComparison:
 COMPARISON_TAG_PREFIX = "decision.comparison."
 
 
-# Rows x resamples drawn at once: about 40 MB of indices, whatever the batch size.
+# Rows x resamples drawn at once: about 40 MB for each array of draws, counts and weights, whatever the batch size.
 _RESAMPLE_CELLS = 5_000_000
 
 
