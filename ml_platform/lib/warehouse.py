@@ -114,9 +114,9 @@ class Warehouse:
     def delivered_ids(self, batch_ids: Sequence[str], timeout_s: float = 60.0) -> dict[str, frozenset]:
         """The ids each batch delivered (the ids of its stored rows, after the re-delivery rule), by batch.
 
-        For checks that no row is counted twice: for example that none of a batch's held-out ids is among
-        the rows a model it judges was trained on (`delivered_ids(model_window)`). Under the `update`
-        policy a batch's ids may also be in a later batch, whose rows replace its own where both are read.
+        What the warehouse holds, to inspect it (the champion decision uses the ids each model recorded
+        it was fitted on instead). Under the `update` policy a batch's ids may also be in a later batch,
+        whose rows replace its own where both are read.
         """
         delivered = {}
         for batch_id in batch_ids:
