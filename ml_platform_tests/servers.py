@@ -80,12 +80,12 @@ def http_servers() -> Iterator[Callable[..., RecordingHTTPServer]]:
             server.stop()
 
 
-def wait_for(condition: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    """Poll until `condition()` is truthy and return it; fail naming `what` after `timeout_s`."""
+def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.5) -> Any:
+    """Poll every `every_s` until `condition()` is truthy and return it; fail naming `what` after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
-        time.sleep(0.5)
+        time.sleep(every_s)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")

@@ -70,7 +70,11 @@ def killed(prepared_home: PreparedHome, tmp_path_factory: pytest.TempPathFactory
         to_stop.send_signal(signal.SIGTERM)
 
         killed_run = wait_for(lambda: run_of(to_kill), 240, "the run to be killed to start")
-        killed_mlflow_runs = wait_for(lambda: running_mlflow_runs(killed_run.run_id), 240, "a model's MLflow run")
+        # A model's MLflow run is RUNNING only while its model is written, a second or so on an idle machine:
+        # polled every half second, all three can come and go unseen.
+        killed_mlflow_runs = wait_for(
+            lambda: running_mlflow_runs(killed_run.run_id), 240, "a model's MLflow run", every_s=0.02
+        )
         to_kill.send_signal(signal.SIGKILL)
         to_kill.wait(30)
         stdout, stderr = to_stop.communicate(timeout=120)
