@@ -242,8 +242,12 @@ class MlflowStore:
                 client.create_registered_model(model_name, description="Best model per batch, promoted by ml_platform.")
             existing = self.version_for_run(model_name, run_id)
             if existing is None:
+                # A tracking server refuses a `models:/<id>` source without the logged model's id.
+                model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
                 version = str(
-                    client.create_model_version(model_name, source=model_uri, run_id=run_id, tags=tags).version
+                    client.create_model_version(
+                        model_name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id
+                    ).version
                 )
             else:
                 version = str(existing.version)
