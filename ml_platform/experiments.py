@@ -200,7 +200,7 @@ class ExperimentManager:
                 raise_on_error=False,
             )
         if not result.success:
-            return ExperimentRun(experiment.experiment_id, batch, result.run_id, False, error=first_failure(result))
+            return ExperimentRun(experiment.experiment_id, batch, result.run_id, False, error=first_failure(result.all_events))
         output = result.output_for_node("train_experiment")
         return ExperimentRun(
             experiment.experiment_id, batch, result.run_id, True, output["mlflow_run_id"], output["metrics"]

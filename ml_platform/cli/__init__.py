@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ml_platform.cli.cluster import cluster_app, use_cluster
 from ml_platform.cli.common import console, dagster_instance, fail, load_platform_config
 from ml_platform.cli.experiments import experiment_app, experiments_app
 from ml_platform.cli.models import models_app
@@ -30,6 +31,7 @@ from ml_platform.lib.settings import Settings
 app = typer.Typer(help="ml_platform: batches of data to evaluated, registered models.", no_args_is_help=True)
 batches_app = typer.Typer(help="Batches: the partitions of the pipeline.", no_args_is_help=True)
 app.add_typer(batches_app, name="batches")
+app.add_typer(cluster_app, name="cluster")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(experiments_app, name="experiments")
 app.add_typer(models_app, name="models")
@@ -39,9 +41,22 @@ app.command("ui")(ui)
 
 
 @app.callback()
-def _before_every_command() -> None:
+def _before_every_command(
+    context: typer.Context,
+    deployment: Annotated[
+        str | None,
+        typer.Option(
+            "--deployment",
+            envvar="ML_PLATFORM_DEPLOYMENT",
+            help="embedded (the default: SQLite, local files) or cluster (the one `ml-platform cluster up` "
+            "started: its Dagster instance, MLflow server and Celery workers).",
+        ),
+    ] = None,
+) -> None:
     """Every command prints to the stdout it was started with: the console is made on import, and a
     caller that runs commands in its own process (typer's CliRunner in the tests) swaps stdout later.
+
+    `--deployment cluster` points the command at the running cluster (`cli/cluster.py`).
 
     MLflow narrates its housekeeping at INFO ("Creating initial MLflow database tables..."); a person
     at the terminal wants the command's own output. Export MLFLOW_LOGGING_LEVEL to see it.
@@ -51,6 +66,10 @@ def _before_every_command() -> None:
         console.width = int(columns)
     level = os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when MLflow is imported
     logging.getLogger("mlflow").setLevel(level.upper())  # in case it already is
+    if deployment not in (None, "embedded", "cluster"):
+        fail(f"--deployment {deployment!r}: expected embedded or cluster")
+    if deployment == "cluster" and context.invoked_subcommand != "cluster":
+        use_cluster()
 
 
 @app.command("demo-data")
@@ -179,8 +198,10 @@ def run(
     mlflow_store = functools.cache(
         lambda: MlflowStore(settings.tracking_uri_for(config), config.tracking.experiment_name)
     )
-    # A run left STARTED by a killed `ml-platform run` would block its batch: fail it first.
-    for line in reap_dead_runs(instance, settings, mlflow_store):
+    on_cluster = settings.deployment == "cluster"
+    # A run left STARTED by a killed `ml-platform run` would block its batch: fail it first. (In the
+    # cluster no run executes in this process: the daemon's run monitoring watches them.)
+    for line in [] if on_cluster else reap_dead_runs(instance, settings, mlflow_store):
         console.print(f"[yellow]{line}[/]", soft_wrap=True, highlight=False)
     known = instance.get_dynamic_partitions(batch_partitions.name)
     targets = known if all_batches else list(batch_ids or [])
@@ -227,6 +248,10 @@ def run(
                 continue
             console.print(f"{batch_id}: running {len(reasons)} asset(s)\n{describe_reasons(reasons)}")
             selection, tags = list(reasons), {STALE_REASON_TAG: describe_reasons(reasons)[:1000]}
+        if on_cluster:
+            if not _run_on_cluster(instance, batch_id, selection, tags):
+                failed.append(batch_id)
+            continue
         planned = job.get_subset(asset_selection=set(selection)) if selection else job
         quiet = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
         result = None
@@ -257,26 +282,48 @@ def run(
                 f"{why}: run {run_id} of {batch_id} {outcome}" + (f"; not run: {', '.join(left)}" if left else ""),
                 code=128 + (signum or signal.SIGINT),
             )
+        materialized = [event.materialization for event in result.get_asset_materialization_events()]
         if result.success:
-            console.print(f"[green]ok[/] {batch_id} (run {result.run_id}){_decision(result)}", soft_wrap=True)
+            console.print(f"[green]ok[/] {batch_id} (run {result.run_id}){_decision(materialized)}", soft_wrap=True)
         else:
             failed.append(batch_id)
-            console.print(f"[red]failed[/] {batch_id} (run {result.run_id}): {first_failure(result)}")
+            console.print(f"[red]failed[/] {batch_id} (run {result.run_id}): {first_failure(result.all_events)}")
         _report_run(instance, result.run_id, config, settings)
     if failed:
-        more = "" if verbose else "; --verbose prints their logs and tracebacks"
+        more = "" if verbose or on_cluster else "; --verbose prints their logs and tracebacks"
         fail(
             f"{len(failed)} of {len(targets)} batch run(s) failed: {', '.join(failed)} "
             f"(each run's full log: the Dagster UI, `make ui`{more})"
         )
 
 
-def _decision(result) -> str:
+def _run_on_cluster(instance, batch_id: str, selection: list | None, tags: dict[str, str]) -> bool:
+    """Submit the batch's run to the cluster, follow it (and its retry) to the end, print its outcome."""
+    import dagster as dg
+
+    from ml_platform.cli.cluster import current_layout
+    from ml_platform.cluster import submit_run, wait_for_run
+
+    layout = current_layout()
+    run_id = submit_run(layout, "batch_pipeline", batch_id, tags, selection)
+    console.print(f"{batch_id}: run {run_id} queued on the cluster ({layout.dagster_url}/runs/{run_id})", soft_wrap=True)
+    run = wait_for_run(instance, run_id)
+    if run.status == dg.DagsterRunStatus.SUCCESS:
+        records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+        materialized = [record.event_log_entry.asset_materialization for record in records]
+        console.print(f"[green]ok[/] {batch_id} (run {run.run_id}){_decision(materialized)}", soft_wrap=True)
+        return True
+    events = [entry.dagster_event for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)]
+    console.print(f"[red]{run.status.value.lower()}[/] {batch_id} (run {run.run_id}): {first_failure(events)}")
+    return False
+
+
+def _decision(materializations) -> str:
     """The run's champion decision, as the line a person wants after each batch; empty when the run
     did not decide (an `--only-stale` run that left `champion_model` alone)."""
-    for event in result.get_asset_materialization_events():
-        if event.asset_key.to_user_string() == "champion_model":
-            metadata = {key: value.value for key, value in event.materialization.metadata.items()}
+    for materialization in materializations:
+        if materialization.asset_key.to_user_string() == "champion_model":
+            metadata = {key: value.value for key, value in materialization.metadata.items()}
             return f"\n  v{metadata['version']} {metadata['alias']}: {metadata['reason']}"
     return ""
 

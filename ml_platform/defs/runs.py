@@ -18,9 +18,9 @@ def project_instance(settings: Settings) -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def first_failure(result: dg.ExecuteInProcessResult) -> str:
-    """The first failed step and its own error message, under Dagster's wrappers."""
-    for event in result.all_events:
+def first_failure(events: list[dg.DagsterEvent]) -> str:
+    """The first failed step among a run's events and its own error message, under Dagster's wrappers."""
+    for event in events:
         if event.is_step_failure and (message := step_error(event)):
             return f"step {event.step_key}: {message}"
     return "see the run's logs in the Dagster UI"

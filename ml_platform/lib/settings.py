@@ -1,7 +1,9 @@
 """Where the platform keeps things, from the environment, with project-local defaults.
 
 `ML_PLATFORM_HOME` holds the incoming batches, the warehouse, the MLflow store and the reports
-(the project root by default); `ML_PLATFORM_CONFIG` names the config file.
+(the project root by default); `ML_PLATFORM_CONFIG` names the config file. `ML_PLATFORM_DATA_DIR`
+moves what the pipeline writes (warehouse, reports, step outputs) elsewhere, such as a mount every
+worker shares; `ML_PLATFORM_DEPLOYMENT` is `embedded` (the default) or `cluster` (`lib/cluster.py`).
 """
 
 from __future__ import annotations
@@ -17,17 +19,33 @@ DEFAULT_CONFIG_PATH = PROJECT_ROOT / "configs" / "platform.yaml"
 DEFAULT_EXPERIMENT_CONFIG_PATH = PROJECT_ROOT / "configs" / "experiment.yaml"
 
 
+DEPLOYMENTS = ("embedded", "cluster")
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
     config_path: Path
+    data_dir: Path | None = None  # None: the home
+    deployment: str = "embedded"
 
     @classmethod
     def from_env(cls) -> Settings:
+        deployment = os.environ.get("ML_PLATFORM_DEPLOYMENT") or "embedded"
+        if deployment not in DEPLOYMENTS:
+            raise ValueError(f"ML_PLATFORM_DEPLOYMENT={deployment!r}: expected one of {', '.join(DEPLOYMENTS)}")
+        data_dir = os.environ.get("ML_PLATFORM_DATA_DIR")
         return cls(
             home=Path(os.environ.get("ML_PLATFORM_HOME", PROJECT_ROOT)).resolve(),
             config_path=Path(os.environ.get("ML_PLATFORM_CONFIG", DEFAULT_CONFIG_PATH)).resolve(),
+            data_dir=Path(data_dir).resolve() if data_dir else None,
+            deployment=deployment,
         )
+
+    @property
+    def output_root(self) -> Path:
+        """Where the pipeline writes: ML_PLATFORM_DATA_DIR when set, else the home."""
+        return self.data_dir or self.home
 
     @property
     def dagster_home(self) -> Path:
@@ -39,16 +57,21 @@ class Settings:
 
     @property
     def warehouse_dir(self) -> Path:
-        return self.home / "data" / "warehouse"
+        return self.output_root / "data" / "warehouse"
 
     @property
     def dbt_runs_dir(self) -> Path:
         """Run artifacts of failed dbt builds (successful ones are removed)."""
-        return self.home / "data" / "dbt_runs"
+        return self.output_root / "data" / "dbt_runs"
+
+    @property
+    def step_outputs_dir(self) -> Path:
+        """What one step hands to the next (Dagster's IO manager): every worker must reach it."""
+        return self.output_root / "data" / "step_outputs"
 
     @property
     def reports_dir(self) -> Path:
-        return self.home / "reports"
+        return self.output_root / "reports"
 
     @property
     def mlflow_dir(self) -> Path:
