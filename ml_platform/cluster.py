@@ -198,8 +198,18 @@ def _initialise_postgres(layout: ClusterLayout, postgres_bin: Path, run_as: str 
         as_user = ["runuser", "-u", run_as, "--"]
     try:
         done = subprocess.run(
-            [*as_user, str(postgres_bin / "initdb"), "-D", str(data), "-U", plan.POSTGRES_USER,
-             f"--pwfile={password_file}", "--auth=scram-sha-256", "--encoding=UTF8", "--no-instructions"],
+            [
+                *as_user,
+                str(postgres_bin / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                plan.POSTGRES_USER,
+                f"--pwfile={password_file}",
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--no-instructions",
+            ],
             capture_output=True,
             text=True,
         )

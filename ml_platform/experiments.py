@@ -200,7 +200,8 @@ class ExperimentManager:
                 raise_on_error=False,
             )
         if not result.success:
-            return ExperimentRun(experiment.experiment_id, batch, result.run_id, False, error=first_failure(result.all_events))
+            error = first_failure(result.all_events)
+            return ExperimentRun(experiment.experiment_id, batch, result.run_id, False, error=error)
         output = result.output_for_node("train_experiment")
         return ExperimentRun(
             experiment.experiment_id, batch, result.run_id, True, output["mlflow_run_id"], output["metrics"]

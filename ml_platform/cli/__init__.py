@@ -303,10 +303,11 @@ def _run_on_cluster(instance, batch_id: str, selection: list | None, tags: dict[
 
     from ml_platform.cli.cluster import current_layout
     from ml_platform.cluster import submit_run, wait_for_run
+    from ml_platform.defs.runs import first_failure
 
     layout = current_layout()
     run_id = submit_run(layout, "batch_pipeline", batch_id, tags, selection)
-    console.print(f"{batch_id}: run {run_id} queued on the cluster ({layout.dagster_url}/runs/{run_id})", soft_wrap=True)
+    console.print(f"{batch_id}: run {run_id} queued ({layout.dagster_url}/runs/{run_id})", soft_wrap=True)
     run = wait_for_run(instance, run_id)
     if run.status == dg.DagsterRunStatus.SUCCESS:
         records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
