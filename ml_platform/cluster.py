@@ -89,7 +89,7 @@ def up(layout: ClusterLayout, say: Callable[[str], None] = print, timeout_s: flo
     passwords = _passwords(layout)
     _write_configs(layout, postgres_bin, Path(redis_server), run_as, passwords)
     _initialise_postgres(layout, postgres_bin, run_as, passwords["ML_PLATFORM_PG_PASSWORD"])
-    # The venv's executables first: the Celery worker starts `celery`, dbt's runner looks for `dbt`.
+    # The venv's executables first, for any part that starts another (dbt's runner looks for `dbt`).
     path = f"{layout.venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, **plan.cluster_environment(layout, passwords), "PATH": path}
     subprocess.run([str(layout.venv_bin / "supervisord"), "-c", str(layout.supervisor_config)], env=env, check=True)
@@ -169,9 +169,6 @@ def _write_configs(
     layout.supervisor_config.write_text(plan.supervisord_conf(layout, postgres_bin, redis_server, run_as))
     plan.write_env_file(layout.redis_dir / "redis.conf", {})  # owner-only before the password is in it
     (layout.redis_dir / "redis.conf").write_text(plan.redis_conf(layout, passwords["ML_PLATFORM_REDIS_PASSWORD"]))
-    layout.celery_config.write_text(
-        plan.dump_yaml({"execution": {"config": plan.celery_executor_config(layout.step_timeout_s)}})
-    )
     embedded = plan.load_yaml(PROJECT_ROOT / "dagster.yaml")
     (layout.dagster_home / "dagster.yaml").write_text(plan.dump_yaml(plan.dagster_yaml(embedded, layout)))
 

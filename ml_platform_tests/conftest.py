@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import dagster as dg
 import pytest
@@ -111,7 +112,8 @@ class Cli:
 
         from ml_platform.cli import app
 
-        with pytest.MonkeyPatch.context() as monkeypatch:
+        # The environment is put back as it was: `--deployment cluster` points the command's process at the cluster.
+        with pytest.MonkeyPatch.context() as monkeypatch, mock.patch.dict(os.environ):
             monkeypatch.chdir(self.root)  # as `installed` runs: a stray relative path lands in the test's folder
             monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
             result = CliRunner().invoke(app, list(args), env=self.overrides, catch_exceptions=False)

@@ -51,9 +51,9 @@ def executor_for(settings: Settings) -> dg.ExecutorDefinition:
         return dg.in_process_executor
     from dagster_celery import celery_executor
 
-    from ml_platform.lib.cluster import celery_executor_config
+    from ml_platform.lib.cluster import celery_executor_config, step_timeout_from_env
 
-    return celery_executor.configured(celery_executor_config(), name="celery_on_cluster")
+    return celery_executor.configured(celery_executor_config(step_timeout_from_env()), name="celery_on_cluster")
 
 
 def build_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:

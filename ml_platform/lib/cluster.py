@@ -37,6 +37,11 @@ SECRET_VARIABLES = (
 # leaves its task in Redis, and after `visibility_timeout` another worker runs the step again. The
 # timeout must exceed the longest step, or a slow step would also start on a second worker.
 DEFAULT_STEP_TIMEOUT_S = 900
+STEP_TIMEOUT_VARIABLE = "ML_PLATFORM_STEP_TIMEOUT_S"
+
+
+def step_timeout_from_env() -> int:
+    return int(os.environ.get(STEP_TIMEOUT_VARIABLE) or DEFAULT_STEP_TIMEOUT_S)
 
 
 @dataclass(frozen=True)
@@ -119,10 +124,6 @@ class ClusterLayout:
         several machines)."""
         return self.root / "shared"
 
-    @property
-    def celery_config(self) -> Path:
-        return self.root / "celery.yaml"
-
     def worker_dir(self, number: int) -> Path:
         """Each worker's own working folder and temporary folder: nothing may rely on the starter's."""
         return self.root / "workers" / f"worker-{number}"
@@ -198,13 +199,14 @@ def cluster_environment(layout: ClusterLayout, passwords: Mapping[str, str]) -> 
         "ML_PLATFORM_REDIS_PASSWORD": redis,
         "ML_PLATFORM_CELERY_BROKER": f"redis://:{redis}@127.0.0.1:{ports.redis}/0",
         "ML_PLATFORM_CELERY_BACKEND": f"redis://:{redis}@127.0.0.1:{ports.redis}/1",
+        STEP_TIMEOUT_VARIABLE: str(layout.step_timeout_s),
         "MLFLOW_BACKEND_STORE_URI": f"postgresql+psycopg2://{POSTGRES_USER}:{pg}@127.0.0.1:{ports.postgres}/mlflow",
     }
 
 
-def celery_executor_config(step_timeout_s: int = DEFAULT_STEP_TIMEOUT_S) -> dict:
-    """The `celery_executor`'s config, for the jobs and (as `celery.yaml`) for the workers: one source,
-    so both sides agree on the broker and on how tasks are acknowledged."""
+def celery_executor_config(step_timeout_s: int) -> dict:
+    """The `celery_executor`'s config, for the jobs and for the workers (`ml_platform.cluster_worker`):
+    one source, so both sides agree on the broker and on how tasks are acknowledged."""
     return {
         "broker": {"env": "ML_PLATFORM_CELERY_BROKER"},
         "backend": {"env": "ML_PLATFORM_CELERY_BACKEND"},
@@ -295,8 +297,8 @@ def supervisord_conf(layout: ClusterLayout, postgres_bin: Path, redis_server: Pa
         # Solo pool: the worker is the process that runs the step, so killing it loses nothing but
         # the step, which Redis hands to another worker (tasks are acknowledged late).
         commands[f"worker-{number}"] = (
-            f"{bin_ / 'dagster-celery'} worker start -A dagster_celery.app -y {layout.celery_config} "
-            f"-n worker-{number}@%%h -- --pool=solo --without-gossip --without-mingle",
+            f"{bin_ / 'celery'} -A ml_platform.cluster_worker worker --pool=solo --prefetch-multiplier=1 "
+            f"-Q dagster -n worker-{number}@%%h --without-gossip --without-mingle --loglevel INFO",
             directory,
         )
     sections = [
@@ -341,6 +343,9 @@ def supervisord_conf(layout: ClusterLayout, postgres_bin: Path, redis_server: Pa
         ]
         if name.startswith("worker-"):
             sections.append(f"environment=TMPDIR={directory / 'tmp'},HOME={directory}")
+        if name == "mlflow":
+            # No usage telemetry (these machines have no internet) and no GenAI job runner (seven consumers).
+            sections.append("environment=MLFLOW_DISABLE_TELEMETRY=true,MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false")
         if name == "postgres" and run_as:
             sections.append(f"user={run_as}")
         sections.append("")
