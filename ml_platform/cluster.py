@@ -375,14 +375,16 @@ def _supervisor_pid(layout: ClusterLayout) -> int | None:
 
 
 def cluster_processes(layout: ClusterLayout) -> Iterator[psutil.Process]:
-    """Every live process of this cluster (they carry its folder in their environment), except this
-    process and its ancestors."""
+    """Every live process of this cluster, except this process and its ancestors: those that carry its
+    folder in their environment, or work in it (Redis overwrites its environment with its title)."""
     mine = {os.getpid(), *(parent.pid for parent in psutil.Process().parents())}
     for process in psutil.process_iter():
         if process.pid in mine:
             continue
         with contextlib.suppress(psutil.Error):
-            if process.environ().get(plan.CLUSTER_MARK_VARIABLE) == str(layout.root):
+            if process.environ().get(plan.CLUSTER_MARK_VARIABLE) == str(layout.root) or Path(
+                process.cwd()
+            ).is_relative_to(layout.root):
                 yield process
 
 
@@ -393,7 +395,7 @@ def stop_leftovers(layout: ClusterLayout) -> str:
     processes = list(cluster_processes(layout))
     if not processes:
         return ""
-    names = ", ".join(f"{_name(process)} (pid {process.pid})" for process in processes[:8])
+    names = f"{len(processes)} process(es): {', '.join(sorted({_name(process) for process in processes}))}"
     for process in processes:
         with contextlib.suppress(psutil.Error):
             process.send_signal(signal.SIGTERM)
@@ -404,12 +406,12 @@ def stop_leftovers(layout: ClusterLayout) -> str:
     psutil.wait_procs(alive, timeout=5)
     for stale in (layout.supervisor_socket, layout.supervisor_pidfile, layout.postgres_data / "postmaster.pid"):
         stale.unlink(missing_ok=True)
-    return names + (f" and {len(processes) - 8} more" if len(processes) > 8 else "")
+    return names
 
 
 def _name(process: psutil.Process) -> str:
     with contextlib.suppress(psutil.Error):
-        return Path(process.cmdline()[0]).name if process.cmdline() else process.name()
+        return process.name()
     return "?"
 
 

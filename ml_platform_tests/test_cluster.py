@@ -20,14 +20,17 @@ from pathlib import Path
 from unittest import mock
 
 import dagster as dg
+import mlflow.sklearn
 import psutil
 import pytest
 import requests
+from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 from mlflow import MlflowClient
 
 from ml_platform.cluster import cluster_processes, environment, layout_for, supervisor
 from ml_platform.lib.cluster import SECRET_VARIABLES, ClusterLayout
 from ml_platform.lib.demo_data import write_demo_batches
+from ml_platform.lib.mlflow_store import tracking_uri_in_use
 from ml_platform.lib.settings import Settings
 from ml_platform_tests.conftest import Cli, small_config
 from ml_platform_tests.servers import free_port, wait_for
@@ -134,18 +137,21 @@ def test_batches_landing_run_on_the_workers_through_faults_with_nothing_lost(clu
         assert [run.status for run in batch_runs].count(dg.DagsterRunStatus.SUCCESS) == 1, (batch, batch_runs)
         assert all(run.is_finished for run in batch_runs)
     assert workers == {"worker-1", "worker-2"}
+    print(f"\nfaults: {cluster.faults}; runs: {len(runs)} for {len(BATCHES)} batches")
 
     client = cluster.mlflow()
     experiment = client.get_experiment_by_name(small_config().tracking.experiment_name)
     finished = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'", max_results=500)
-    per_batch_model = [(run.data.tags.get("batch"), run.data.tags.get("model_name")) for run in finished]
+    per_batch_model = [(run.data.tags.get("dagster.partition"), run.data.tags.get("model_name")) for run in finished]
     assert sorted(per_batch_model) == sorted({(b, m) for b in BATCHES for m in small_config().models}), (
         "one finished MLflow run per model per batch"
     )
     versions = client.search_model_versions(f"name = '{MODEL}'")
     assert sorted(version.tags["batch"] for version in versions) == BATCHES, "one model version per batch"
-    champion = client.get_model_version_by_alias(MODEL, "champion")
-    assert client.get_logged_model(champion.model_id) is not None  # the alias points at a version with its model
+    # No orphan version: each comes from a finished run of its batch, and the champion's model loads.
+    assert {version.run_id for version in versions} <= {run.info.run_id for run in finished}
+    with tracking_uri_in_use(cluster.layout.tracking_uri):
+        assert hasattr(mlflow.sklearn.load_model(f"models:/{MODEL}@champion"), "predict_proba")
     assert _log_lines(cluster, "database is locked") == []
 
 
@@ -247,7 +253,7 @@ def _succeeded(instance: dg.DagsterInstance) -> list[str]:
 
 
 def _in_progress(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
-    return instance.get_runs(dg.RunsFilter(statuses=list(dg.IN_PROGRESS_RUN_STATUSES)))
+    return instance.get_runs(dg.RunsFilter(statuses=list(IN_PROGRESS_RUN_STATUSES)))
 
 
 def _model_step_workers(instance: dg.DagsterInstance, run: dg.DagsterRun) -> dict[str, str]:
