@@ -94,24 +94,39 @@ def up(layout: ClusterLayout, say: Callable[[str], None] = print, timeout_s: flo
     env = {**os.environ, **plan.cluster_environment(layout, passwords), "PATH": path}
     subprocess.run([str(layout.venv_bin / "supervisord"), "-c", str(layout.supervisor_config)], env=env, check=True)
     try:
-        _wait(lambda: supervisor_running(layout), 20, "supervisord to answer", layout, "supervisord")
-        for name in layout.part_names():
-            _start_part(layout, name, env, timeout_s)
-            say(f"  {name} up")
+        deadline = time.monotonic() + 20
+        while not supervisor_running(layout):
+            if time.monotonic() > deadline:
+                raise ClusterError(f"supervisord did not answer: see {layout.log_file('supervisord')}")
+            time.sleep(0.2)
+        for stage in layout.start_stages():
+            _start_stage(layout, stage, env, timeout_s)
+            say(f"  up: {', '.join(stage)}")
     except BaseException:
         down(layout)
         raise
 
 
-def _start_part(layout: ClusterLayout, name: str, env: dict[str, str], timeout_s: float) -> None:
-    if name == "worker-1":
+def _start_stage(layout: ClusterLayout, names: list[str], env: dict[str, str], timeout_s: float) -> None:
+    """Start the parts together and wait until every one answers."""
+    if any(name.startswith("worker-") for name in names):
         _purge_queue(env)
-    try:
-        supervisor(layout).supervisor.startProcess(name, True)
-    except xmlrpc.client.Fault as fault:
-        raise ClusterError(f"{name} did not start ({fault.faultString}): see {layout.log_file(name)}") from None
-    _wait(lambda: _answers_or_gave_up(layout, name, env), timeout_s, f"{name} to answer", layout, name)
-    if name == "postgres":
+    for name in names:
+        try:
+            supervisor(layout).supervisor.startProcess(name, False)
+        except xmlrpc.client.Fault as fault:
+            raise ClusterError(f"{name} did not start ({fault.faultString}): see {layout.log_file(name)}") from None
+    pending = list(names)
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        pending = [name for name in pending if not _answers_or_gave_up(layout, name, env)]
+        if pending and time.monotonic() > deadline:
+            raise ClusterError(
+                f"timed out after {timeout_s:.0f} s waiting for {', '.join(pending)} to answer: "
+                f"see {', '.join(str(layout.log_file(name)) for name in pending)}"
+            )
+        time.sleep(0.5)
+    if "postgres" in names:
         _create_databases(env)
 
 
@@ -127,15 +142,6 @@ def _last_line(log: Path) -> str:
         lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
         return lines[-1].strip() if lines else "no output"
     return "no log"
-
-
-def _wait(condition: Callable[[], bool], timeout_s: float, what: str, layout: ClusterLayout, part: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise ClusterError(f"timed out after {timeout_s:.0f} s waiting for {what}: see {layout.log_file(part)}")
 
 
 def _passwords(layout: ClusterLayout) -> dict[str, str]:

@@ -82,7 +82,7 @@ def cluster() -> Iterator[ClusterUnderTest]:
         # A step whose worker was killed goes to another worker 30 s later; a run is bounded to 5 minutes.
         "--step-timeout-s", "30", "--max-run-minutes", "5",
     )  # fmt: skip
-    assert "dagster-daemon up" in started.stdout
+    assert "up: mlflow, worker-1, worker-2, dagster-webserver, dagster-daemon" in started.stdout, started.stdout
     with mock.patch.dict(os.environ, cli.overrides):
         layout = layout_for(root / "cluster", Settings.from_env())
     under_test = ClusterUnderTest(cli, layout)

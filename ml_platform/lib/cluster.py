@@ -139,16 +139,13 @@ class ClusterLayout:
     def dagster_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.dagster}"
 
+    def start_stages(self) -> list[list[str]]:
+        """The parts in the order they start, each stage together: the stores, then what uses them."""
+        workers = [f"worker-{n}" for n in range(1, self.workers + 1)]
+        return [["postgres", "redis"], ["mlflow", *workers, "dagster-webserver", "dagster-daemon"]]
+
     def part_names(self) -> list[str]:
-        """In start order: storage first, then what uses it; the daemon last, as it launches runs."""
-        return [
-            "postgres",
-            "redis",
-            "mlflow",
-            *(f"worker-{n}" for n in range(1, self.workers + 1)),
-            "dagster-webserver",
-            "dagster-daemon",
-        ]
+        return [name for stage in self.start_stages() for name in stage]
 
 
 def generate_secrets() -> dict[str, str]:
