@@ -3,6 +3,8 @@
 #   make test   install from the lock and run the test suite (what CI runs)
 # then make ui  Dagster's UI (webserver and daemon) and MLflow's UI on 127.0.0.1; Ctrl-C stops both
 # and, on demand, make bench   the performance benchmark (benchmarks/)
+#                make cluster the cluster deployment on 127.0.0.1 (PostgreSQL, Redis, MLflow server,
+#                             Celery workers, Dagster); make cluster-down stops it
 SHELL := /bin/bash
 PYTHON ?= python3
 UV := $(PYTHON) -m uv
@@ -16,7 +18,9 @@ DEMO_ROWS ?= 5000
 DAGSTER_PORT ?= 3000
 MLFLOW_PORT ?= 5000
 
-.PHONY: install prepare demo ui test bench clean
+WORKERS ?= 2
+
+.PHONY: install prepare demo ui test bench clean cluster cluster-down
 
 install:
 	@# A Python that refuses system-wide installs (PEP 668) still takes a --user one.
@@ -48,14 +52,30 @@ demo: prepare
 ui: prepare
 	$(RUN) ml-platform ui --dagster-port $(DAGSTER_PORT) --mlflow-port $(MLFLOW_PORT)
 
-# The browser tests (ml_platform_tests/test_ui_browser.py) drive the distribution's Chromium with
-# Playwright (Playwright's own browser download needs the internet). Without it they fail and say why.
-test: prepare
-	@command -v chromium >/dev/null || { \
+# Debian packages a target needs and this machine lacks, installed in one apt-get (as root or with
+# sudo); without a way to install them, a warning says what will not work.
+define apt_install
+	@missing=""; for command in $(1); do command -v $$command >/dev/null || missing="$$missing $$command"; done; \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO=sudo; else SUDO=none; fi; \
 		if [ "$$SUDO" != none ] && command -v apt-get >/dev/null; then \
-			$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
-		else echo "warning: no chromium and no way to install it (apt-get as root or with sudo): the browser tests will fail"; fi; }
+			$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		else echo "warning: no$$missing and no way to install it (apt-get as root or with sudo): $(2)"; fi; fi
+endef
+
+# The cluster deployment: every part on 127.0.0.1 under .cluster/, supervised; see the README.
+# Debian's redis-server starts no service: the cluster runs its own. PostgreSQL's binaries must be installed.
+cluster: prepare
+	$(call apt_install,redis-server,the cluster cannot start)
+	$(RUN) ml-platform cluster up --workers $(WORKERS)
+
+cluster-down:
+	$(RUN) ml-platform cluster down
+
+# The browser tests (ml_platform_tests/test_ui_browser.py) drive the distribution's Chromium with
+# Playwright (Playwright's own browser download needs the internet); the cluster tests start redis-server.
+test: prepare
+	$(call apt_install,chromium redis-server,the browser or cluster tests will fail)
 	$(RUN) ruff check ml_platform ml_platform_tests benchmarks
 	$(RUN) pytest
 
@@ -66,4 +86,5 @@ bench: prepare
 	$(RUN) python -m benchmarks.run $(BENCH_ARGS)
 
 clean:
-	rm -rf .dagster_home data/warehouse mlflow reports schedules.yaml schedules.yaml.lock $(DBT_DIR)/target data/incoming/*.csv data/incoming/*.parquet
+	@$(RUN) ml-platform cluster down >/dev/null 2>&1 || true
+	rm -rf .cluster .dagster_home data/warehouse data/step_outputs data/dbt_runs mlflow reports schedules.yaml schedules.yaml.lock $(DBT_DIR)/target data/incoming/*.csv data/incoming/*.parquet
