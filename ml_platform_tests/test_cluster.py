@@ -130,6 +130,7 @@ def test_batches_landing_run_on_the_workers_through_faults_with_nothing_lost(clu
         wait_for(lambda: set(_succeeded(instance)) >= set(BATCHES), 600, f"every batch to succeed: {BATCHES}")
         runs = instance.get_runs()
         workers = _workers_that_ran_steps(instance, runs)
+        decisions = sorted(_champion_step_spans(instance, runs))
 
     by_batch = {batch: [run for run in runs if run.tags.get("dagster/partition") == batch] for batch in BATCHES}
     for batch, batch_runs in by_batch.items():
@@ -137,6 +138,9 @@ def test_batches_landing_run_on_the_workers_through_faults_with_nothing_lost(clu
         assert [run.status for run in batch_runs].count(dg.DagsterRunStatus.SUCCESS) == 1, (batch, batch_runs)
         assert all(run.is_finished for run in batch_runs)
     assert workers == {"worker-1", "worker-2"}
+    # The champion decisions ran one at a time (the `model_registry` pool), whichever worker ran them.
+    assert len(decisions) >= len(BATCHES)
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(decisions, decisions[1:], strict=False))
     print(f"\nfaults: {cluster.faults}; runs: {len(runs)} for {len(BATCHES)} batches")
 
     client = cluster.mlflow()
@@ -289,6 +293,20 @@ def _workers_that_ran_steps(instance: dg.DagsterInstance, runs: list[dg.DagsterR
         for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
         if "Celery worker" in entry.dagster_event.engine_event_data.metadata
     }
+
+
+def _champion_step_spans(instance: dg.DagsterInstance, runs: list[dg.DagsterRun]) -> list[tuple[float, float]]:
+    """When each run's champion step started and ended."""
+    spans = []
+    for run in runs:
+        times = {
+            entry.dagster_event.event_type: entry.timestamp
+            for entry in instance.all_logs(run.run_id)
+            if entry.step_key == "champion_model" and entry.dagster_event and entry.dagster_event.is_step_event
+        }
+        if dg.DagsterEventType.STEP_START in times and dg.DagsterEventType.STEP_SUCCESS in times:
+            spans.append((times[dg.DagsterEventType.STEP_START], times[dg.DagsterEventType.STEP_SUCCESS]))
+    return spans
 
 
 def _log_lines(cluster: ClusterUnderTest, text: str) -> list[str]:
