@@ -104,5 +104,5 @@ def build_resources(config: PlatformConfig, settings: Settings) -> dict[str, Any
             experiment_name=config.tracking.experiment_name,
         ),
         "reports": ReportsResource(reports_dir=str(settings.reports_dir)),
-        "notifier": notifier_from_config(config.notifications, settings.home),
+        "notifier": notifier_from_config(config.notifications, settings.output_root),
     }

@@ -1,8 +1,9 @@
-"""The notification outbox: messages a channel could not take, kept under the home until it answers.
+"""The notification outbox: messages a channel could not take, kept until it answers.
 
-One JSON file (`<ML_PLATFORM_HOME>/notifications/outbox.json`), read and rewritten whole under a file
-lock beside it (`outbox.json.lock`) and replaced atomically, so the daemon's sensors and an
-`ml-platform run` never lose each other's writes and a reader never sees half a file.
+One JSON file (`notifications/outbox.json` where the pipeline writes: the home, or ML_PLATFORM_DATA_DIR),
+read and rewritten whole under a file lock beside it (`outbox.json.lock`) and replaced atomically, so
+the daemon's sensors and an `ml-platform run` never lose each other's writes and a reader never sees
+half a file.
 
 An entry is a message and the channels that still owe it, by name (`slack`, `webhook`, `email`):
 never a URL, a token or a password. Whoever sends it builds the channels from the environment then.

@@ -139,7 +139,7 @@ def _env_var(name: str | None, what: str) -> dg.EnvVar | None:
 
 def notifier_from_config(notifications: NotificationsConfig, home: Path | None = None) -> NotifierResource:
     """The notifier the platform config describes, with secrets read from the environment by Dagster,
-    keeping undelivered messages in the outbox under `home` (ML_PLATFORM_HOME) when given."""
+    keeping undelivered messages in the outbox under `home` (where the pipeline writes) when given."""
     channels = notifications.channels
     email = channels.email
     settings: dict[str, Any] = {

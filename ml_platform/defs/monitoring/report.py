@@ -198,6 +198,6 @@ def report_cli_run(instance: dg.DagsterInstance, run_id: str, config, settings) 
     if not log.handlers:  # without a handler of its own, Python's last resort prints warnings on stderr
         log.addHandler(logging.NullHandler())
         log.propagate = False
-    notifier = notifier_from_config(config.notifications, settings.home)
+    notifier = notifier_from_config(config.notifications, settings.output_root)
     hooks = load_hooks(config.monitoring.hooks)
     return report_run_end(instance, run_id, notifier, hooks, settings.home, settings.reports_dir, log, CLI_REPORTER)
