@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import tempfile
@@ -91,6 +92,7 @@ def cluster() -> Iterator[ClusterUnderTest]:
     finally:
         cli("cluster", "down")
         leftovers = list(cluster_processes(layout))
+        shutil.rmtree(root, ignore_errors=True)
         assert leftovers == [], f"left running after `cluster down`: {leftovers}"
 
 
@@ -108,6 +110,11 @@ def test_cluster_up_starts_every_part_answering_on_localhost_only(cluster: Clust
     assert {port for _, port in listening} >= set(cluster.layout.ports.by_part().values())
     assert {ip for ip, _ in listening} == {"127.0.0.1"}
     assert cluster.layout.secrets_file.stat().st_mode & 0o777 == 0o600
+    assert "ready" in cluster.cli("cluster", "logs", "worker-1", "-n", "200").stdout
+    assert (
+        "no part 'worker-9': expected one of postgres, redis"
+        in cluster.cli("cluster", "logs", "worker-9", exit_code=2).stderr
+    )
 
 
 def test_batches_landing_run_on_the_workers_through_faults_with_nothing_lost(cluster: ClusterUnderTest) -> None:
