@@ -36,7 +36,7 @@ from ml_platform.lib.settings import Settings
 from ml_platform_tests.conftest import Cli, small_config
 from ml_platform_tests.servers import free_port, wait_for
 
-BATCHES = [f"batch_{number:04d}" for number in range(1, 7)]
+BATCHES = [f"batch_{number:04d}" for number in range(1, 5)]
 MODEL = "churn_classifier"
 
 
@@ -118,14 +118,14 @@ def test_cluster_up_starts_every_part_answering_on_localhost_only(cluster: Clust
 
 
 def test_batches_landing_run_on_the_workers_through_faults_with_nothing_lost(cluster: ClusterUnderTest) -> None:
-    """Six batches land at once: the sensor adds their partitions and the daemon runs them, two at a
+    """Four batches land at once: the sensor adds their partitions and the daemon runs them, two at a
     time, their steps on the Celery workers; meanwhile a worker is killed mid-step, Redis restarts and
     the MLflow server is down for 20 s."""
     write_demo_batches(cluster.cli.home / "data" / "incoming", len(BATCHES), 1000, seed=7, drift=0.0)
     with cluster.instance() as instance:
         killed = wait_for(lambda: _kill_a_worker_in_a_model_step(cluster, instance), 240, "a model step on a worker")
         cluster.faults["worker"] = killed
-        wait_for(lambda: len(_succeeded(instance)) >= 2, 400, "two batches to succeed")
+        wait_for(lambda: _succeeded(instance), 400, "a batch to succeed")
         cluster.stop("redis")
         cluster.start("redis")
         cluster.faults["redis"] = f"restarted while {len(_in_progress(instance))} run(s) were in progress"
@@ -331,3 +331,13 @@ def _graphql(cluster: ClusterUnderTest, query: str) -> dict:
     body = response.json()
     assert "errors" not in body, body
     return body["data"]
+
+
+def test_a_command_for_a_cluster_that_is_not_running_says_how_to_start_it(tmp_path: Path) -> None:
+    cli = Cli(tmp_path / "project")
+    cli.overrides["ML_PLATFORM_CLUSTER_DIR"] = str(tmp_path / "cluster")
+
+    refused = cli("--deployment", "cluster", "batches", "list", exit_code=2)
+
+    assert f"no cluster in {tmp_path / 'cluster'}: start it with `ml-platform cluster up`" in refused.stderr
+    assert "the cluster was not running" in cli("cluster", "down").stdout

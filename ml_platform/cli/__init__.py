@@ -308,7 +308,13 @@ def _run_on_cluster(instance, batch_id: str, selection: list | None, tags: dict[
     layout = current_layout()
     run_id = submit_run(layout, "batch_pipeline", batch_id, tags, selection)
     console.print(f"{batch_id}: run {run_id} queued ({layout.dagster_url}/runs/{run_id})", soft_wrap=True)
-    run = wait_for_run(instance, run_id)
+    try:
+        run = wait_for_run(instance, run_id)
+    except KeyboardInterrupt:
+        fail(
+            f"stopped watching: run {run_id} of {batch_id} goes on in the cluster ({layout.dagster_url}/runs/{run_id})",
+            code=130,
+        )
     if run.status == dg.DagsterRunStatus.SUCCESS:
         records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
         materialized = [record.event_log_entry.asset_materialization for record in records]
