@@ -182,9 +182,11 @@ def run(
         ),
     ] = False,
 ) -> None:
-    """Run the batch pipeline for batches, in this process, recorded in the Dagster instance.
+    """Run the batch pipeline for batches, in this process, recorded in the Dagster instance; with
+    --deployment cluster, submitted to the cluster (its steps on the Celery workers) and followed.
 
-    Example: ml-platform run batch_0001   |   ml-platform run --all --only-stale
+    Example: ml-platform run batch_0001  |  ml-platform run --all --only-stale
+    |  ml-platform --deployment cluster run batch_0001
     """
     from ml_platform.cli.progress import run_progress, watch_signals
     from ml_platform.defs.monitoring.dead_runs import mark_stopped, process_tags, reap_dead_runs
