@@ -15,7 +15,7 @@ import pytest
 
 from ml_platform.cli.ui import port_problem, public_uri
 from ml_platform_tests.conftest import Cli, inherited_environment
-from ml_platform_tests.servers import wait_for
+from ml_platform_tests.servers import free_port, wait_for
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -50,12 +50,6 @@ def still_running(processes: list[psutil.Process]) -> list[int]:
         except psutil.NoSuchProcess:
             pass
     return alive
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.parametrize("option", ["--dagster-port", "--mlflow-port"])

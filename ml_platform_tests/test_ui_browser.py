@@ -14,10 +14,8 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ import pytest
 
 from ml_platform.lib.settings import PROJECT_ROOT
 from ml_platform_tests.conftest import Cli, small_config
-from ml_platform_tests.servers import wait_for
+from ml_platform_tests.servers import answers, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(1500)
 
@@ -74,20 +72,6 @@ class RunningUIs:
 
     def instance(self) -> dg.DagsterInstance:
         return dg.DagsterInstance.from_config(str(self.dagster_home))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def process_tree(pid: int) -> list[psutil.Process]:
