@@ -220,7 +220,12 @@ def run(
     except FileNotFoundError as error:  # the dbt manifest has not been prepared
         fail(str(error))
 
-    job = definitions.resolve_job_def("batch_pipeline")
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    # Loading the definitions reads the current instance's definitions state: this command's instance,
+    # never one its caller (a test, a notebook) entered and left behind as the current one.
+    with set_defs_state_storage(instance.defs_state_storage):
+        job = definitions.resolve_job_def("batch_pipeline")
     failed = []
     for batch_id in targets:
         selection, tags = None, {}
