@@ -483,19 +483,22 @@ def submit_run(layout: ClusterLayout, job_name: str, batch_id: str, tags: dict[s
 
 def wait_for_run(instance, run_id: str, retry_grace_s: float = 30.0, every_s: float = 1.0):
     """The run once it has finished, or the retry the daemon started for it (`run_retries`), followed
-    to its own end."""
+    to its own end. A failed run is tagged with whether it will be retried a moment after it fails."""
     import dagster as dg
+    from dagster._core.storage.tags import PARENT_RUN_ID_TAG, WILL_RETRY_TAG
 
-    while True:
-        run = instance.get_run_by_id(run_id)
-        if run.is_finished:
-            break
+    run = instance.get_run_by_id(run_id)
+    while not run.is_finished:
         time.sleep(every_s)
-    if run.status == dg.DagsterRunStatus.FAILURE and run.tags.get("dagster/will_retry") == "true":
-        deadline = time.monotonic() + retry_grace_s
-        while time.monotonic() < deadline:
-            retries = instance.get_run_records(dg.RunsFilter(tags={"dagster/parent_run_id": run_id}), limit=1)
+        run = instance.get_run_by_id(run_id)
+    deadline = time.monotonic() + retry_grace_s
+    while run.status == dg.DagsterRunStatus.FAILURE and time.monotonic() < deadline:
+        if run.tags.get(WILL_RETRY_TAG) == "false":
+            break
+        if run.tags.get(WILL_RETRY_TAG) == "true":
+            retries = instance.get_run_records(dg.RunsFilter(tags={PARENT_RUN_ID_TAG: run_id}), limit=1)
             if retries:
                 return wait_for_run(instance, retries[0].dagster_run.run_id, retry_grace_s, every_s)
-            time.sleep(every_s)
+        time.sleep(every_s)
+        run = instance.get_run_by_id(run_id)
     return run

@@ -32,7 +32,7 @@ from ml_platform.cluster import cluster_processes, environment, layout_for, supe
 from ml_platform.lib.cluster import SECRET_VARIABLES, ClusterLayout
 from ml_platform.lib.demo_data import write_demo_batches
 from ml_platform.lib.mlflow_store import tracking_uri_in_use
-from ml_platform.lib.settings import Settings
+from ml_platform.lib.settings import PROJECT_ROOT, Settings
 from ml_platform_tests.conftest import Cli, small_config
 from ml_platform_tests.servers import free_port, wait_for
 
@@ -92,6 +92,8 @@ def cluster() -> Iterator[ClusterUnderTest]:
     finally:
         cli("cluster", "down")
         leftovers = list(cluster_processes(layout))
+        # The parts' logs outlive the cluster, for a failure seen in CI.
+        shutil.copytree(layout.logs_dir, PROJECT_ROOT / "test-output" / "cluster-logs", dirs_exist_ok=True)
         shutil.rmtree(root, ignore_errors=True)
         assert leftovers == [], f"left running after `cluster down`: {leftovers}"
 

@@ -327,7 +327,8 @@ def _run_on_cluster(instance, batch_id: str, selection: list | None, tags: dict[
         materialized = [record.event_log_entry.asset_materialization for record in records]
         console.print(f"[green]ok[/] {batch_id} (run {run.run_id}){_decision(materialized)}", soft_wrap=True)
         return True
-    events = [entry.dagster_event for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE)]
+    failures = {dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE}
+    events = [entry.dagster_event for entry in instance.all_logs(run.run_id, of_type=failures)]
     console.print(f"[red]{run.status.value.lower()}[/] {batch_id} (run {run.run_id}): {first_failure(events)}")
     return False
 

@@ -19,10 +19,14 @@ def project_instance(settings: Settings) -> dg.DagsterInstance:
 
 
 def first_failure(events: list[dg.DagsterEvent]) -> str:
-    """The first failed step among a run's events and its own error message, under Dagster's wrappers."""
+    """The first failed step among a run's events and its own error message, under Dagster's wrappers;
+    else what failed the run itself (a lost worker, a monitoring timeout)."""
     for event in events:
         if event.is_step_failure and (message := step_error(event)):
             return f"step {event.step_key}: {message}"
+    for event in events:
+        if event.is_run_failure and event.message:
+            return event.message.strip().splitlines()[0]
     return "see the run's logs in the Dagster UI"
 
 
