@@ -1,5 +1,5 @@
 """A backfill through the embedded deployment and through the cluster, on the same batches, in one
-invocation; prints a table and writes benchmarks/CLUSTER_RESULTS.md.
+invocation; prints a table and appends it to benchmarks/CLUSTER_RESULTS.md.
 
     .venv/bin/python -m benchmarks.cluster_backfill [--batches 20] [--rows 2000] [--workers 2] [--output FILE]
 
@@ -65,7 +65,8 @@ class Outcome:
     batches: list[str]
     wall_s: float | None = None
     run_s: dict[str, float] = field(default_factory=dict)  # batch -> its successful run, start to end
-    queued_s: dict[str, float] = field(default_factory=dict)  # batch -> its run's creation to start
+    queued_s: dict[str, float] = field(default_factory=dict)  # batch -> its run's creation to its dequeue
+    launch_s: dict[str, float] = field(default_factory=dict)  # batch -> its run's dequeue to its start
     runs_by_job: Counter = field(default_factory=Counter)  # every run in the instance, "job status"
     step_s: dict[str, list[float]] = field(default_factory=dict)  # step -> its durations in the successful runs
     checks: dict[str, str] = field(default_factory=dict)  # what was checked -> "ok" or what is wrong
@@ -82,9 +83,6 @@ class Outcome:
     def batches_per_minute(self) -> float | None:
         return len(self.batches) / self.wall_s * 60 if self.wall_s else None
 
-    def median_run_s(self) -> float | None:
-        return statistics.median(self.run_s.values()) if self.run_s else None
-
 
 # ---------------------------------------------------------------- what both deployments are checked for
 
@@ -98,7 +96,9 @@ def read_runs(outcome: Outcome, instance: dg.DagsterInstance) -> list[dg.RunReco
         batch = record.dagster_run.tags.get(PARTITION_TAG)
         if record.dagster_run.status == dg.DagsterRunStatus.SUCCESS and batch not in outcome.run_s:
             outcome.run_s[batch] = record.end_time - record.start_time
-            outcome.queued_s[batch] = record.start_time - record.create_timestamp.timestamp()
+            if dequeued := dequeued_at(instance, record.dagster_run.run_id):  # runs the daemon launched
+                outcome.queued_s[batch] = dequeued - record.create_timestamp.timestamp()
+                outcome.launch_s[batch] = record.start_time - dequeued
             for step, seconds in step_durations(instance, record.dagster_run.run_id).items():
                 outcome.step_s.setdefault(step, []).append(seconds)
     missing = [batch for batch in outcome.batches if batch not in outcome.run_s]
@@ -109,6 +109,13 @@ def read_runs(outcome: Outcome, instance: dg.DagsterInstance) -> list[dg.RunReco
     problems = [f"{len(failed)} not successful: {failed}"] * bool(failed) + [f"runs per batch: {twice}"] * bool(twice)
     outcome.checks["every run succeeded, one per batch"] = "; ".join(problems) or "ok"
     return batch_runs
+
+
+def dequeued_at(instance: dg.DagsterInstance, run_id: str) -> float | None:
+    """When the daemon took the run from the queue to launch it (RUN_STARTING); None for a run executed
+    in place (`ml-platform run`), which is never queued."""
+    entries = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_STARTING)
+    return entries[0].timestamp if entries else None
 
 
 def step_durations(instance: dg.DagsterInstance, run_id: str) -> dict[str, float]:
@@ -216,7 +223,9 @@ def run_cluster(
         outcome.checks["the backfill finished"] = f"{type(error).__name__}: {error}"
     finally:
         layout = layout or layout_for(root, Settings(home=home, config_path=config_path))
+        clock = time.monotonic()
         outcome.checks["nothing left after `cluster down`"] = cluster_down(env, layout, work_dir)
+        outcome.notes.append(f"`cluster down` took {time.monotonic() - clock:.0f} s")
     return outcome
 
 
@@ -290,6 +299,10 @@ def cluster_down(env: dict[str, str], layout, work_dir: Path) -> str:
 # ---------------------------------------------------------------- report
 
 
+def median(values: dict[str, float]) -> float | None:
+    return statistics.median(values.values()) if values else None
+
+
 def fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
@@ -299,7 +312,6 @@ def summary_rows(outcomes: list[Outcome]) -> list[list[str]]:
     rows = []
     for outcome in outcomes:
         bpm = outcome.batches_per_minute
-        queued = statistics.median(outcome.queued_s.values()) if outcome.queued_s else None
         rows.append(
             [
                 outcome.deployment,
@@ -307,8 +319,9 @@ def summary_rows(outcomes: list[Outcome]) -> list[list[str]]:
                 fmt(outcome.wall_s),
                 fmt(bpm, 2),
                 f"{bpm / embedded:.2f}x" if bpm and embedded else "-",
-                fmt(outcome.median_run_s()),
-                fmt(queued) if outcome.deployment == "cluster" else "-",
+                fmt(median(outcome.run_s)),
+                fmt(median(outcome.queued_s)),
+                fmt(median(outcome.launch_s)),
                 f"{outcome.peak_rss_bytes / 1e6:,.0f}",
                 fmt(outcome.other_cores, 2),
                 "yes" if outcome.ok else "NO",
@@ -325,6 +338,7 @@ SUMMARY_COLUMNS = [
     "batches/min ratio to embedded",
     "median run s",
     "median queued s",
+    "median launch s",
     "peak RSS MB",
     "other cores",
     "all checks ok",
@@ -342,7 +356,10 @@ def check_rows(outcomes: list[Outcome]) -> list[list[str]]:
 def batch_rows(outcomes: list[Outcome]) -> list[list[str]]:
     embedded, cluster = outcomes
     return [
-        [batch, fmt(embedded.run_s.get(batch)), fmt(cluster.run_s.get(batch)), fmt(cluster.queued_s.get(batch))]
+        [
+            batch,
+            *(fmt(times.get(batch)) for times in (embedded.run_s, cluster.run_s, cluster.queued_s, cluster.launch_s)),
+        ]
         for batch in embedded.batches
     ]
 
@@ -355,45 +372,65 @@ def step_rows(outcomes: list[Outcome]) -> list[list[str]]:
     ]
 
 
-def write_results(path: Path, context: dict[str, str], outcomes: list[Outcome]) -> None:
+INTRO = """# Benchmark: a backfill on the cluster against the embedded deployment
+
+Each run of `benchmarks/cluster_backfill.py` appends a section below (the newest last): on a shared
+machine one run is noisy, several show the spread. In each, the same batch files, config and seed for
+both deployments, each in a fresh temporary home, one deployment after the other (the script's
+docstring says how each is run and timed).
+
+- *wall s*: embedded, the spawn of `ml-platform batches scan` to the exit of `ml-platform run --all`;
+  cluster, the drop of the files into the incoming folder to the end of the last batch's successful
+  `batch_pipeline` run (the cluster was up and idle before).
+- *batches/min ratio to embedded*: batches per minute over the embedded figure (above 1: the cluster
+  is faster).
+- *median run s*: a batch's run from its start to its end (the cluster's run worker has imported the
+  code by then). Cluster only: *median queued s*, the run's creation by the sensor to the daemon taking
+  it from the queue (in a backfill, mostly the wait for one of the two run slots of dagster.yaml);
+  *median launch s*, from there to the run's start (the run worker's process start and imports).
+- *peak RSS MB*: the process tree of the commands (embedded) or every process of the cluster (sampled
+  each second), MB = 10^6 bytes.
+- *other cores*: how many cores other processes on the machine kept busy meanwhile (the noise; for the
+  cluster slightly too high, as its short-lived processes are sampled once a second).
+- The cluster's daemon also runs the config's schedules (retraining every 2 minutes, a backtest every 10
+  once there is a champion): *runs in the instance* lists every run, the backfill's and theirs.
+- *Median step time*: a step's start to its success, over the successful runs (on the cluster, on the
+  Celery worker that ran it; the time a step waited in Redis for a free worker is not in it).
+"""
+
+
+def write_results(path: Path, title: str, context: dict[str, str], outcomes: list[Outcome]) -> None:
+    """Append this run's section to `path` (created with the explanation of the figures)."""
     notes = [note for outcome in outcomes for note in outcome.notes]
     lines = [
-        "# Benchmark: a backfill on the cluster against the embedded deployment",
+        "",
+        f"## {title}",
         "",
         *(f"- {key}: {value}" for key, value in context.items()),
-        "",
-        "The same batch files, config and seed for both, each in a fresh temporary home, one deployment after",
-        "the other (`benchmarks/cluster_backfill.py` says how each is run and timed). *wall s*: embedded, the",
-        "spawn of `ml-platform batches scan` to the exit of `ml-platform run --all`; cluster, the drop of the",
-        "files into the incoming folder to the end of the last batch's successful `batch_pipeline` run (the",
-        "cluster was up and idle before). *batches/min ratio to embedded*: batches per minute over the embedded figure",
-        "(above 1: the cluster is faster). *median run s*: a batch's run from its start to its end; *median",
-        "queued s*: the run's creation by the sensor to its start. *peak RSS MB*: the process tree of the",
-        "commands (embedded) or every process of the cluster (sampled each second), MB = 10^6 bytes. *other",
-        "cores*: how many cores other processes on the machine kept busy meanwhile (the noise).",
         "",
         markdown_table(SUMMARY_COLUMNS, summary_rows(outcomes)),
         "",
         *(f"- {note}" for note in notes),
         "",
-        "## Checks",
+        "### Checks",
         "",
         markdown_table(["check", *(o.deployment for o in outcomes)], check_rows(outcomes)),
         "",
-        "## Median step time (s)",
-        "",
-        "A step's start to its success, over the successful runs (on the cluster, on the Celery worker that ran",
-        "it; the time a step waited in Redis for a free worker is not in it).",
+        "### Median step time (s)",
         "",
         markdown_table(["step", *(o.deployment for o in outcomes)], step_rows(outcomes)),
         "",
-        "## Per batch (s)",
+        "### Per batch (s)",
         "",
-        markdown_table(["batch", "embedded run", "cluster run", "cluster queued"], batch_rows(outcomes)),
-        "",
+        markdown_table(
+            ["batch", "embedded run", "cluster run", "cluster queued", "cluster launch"], batch_rows(outcomes)
+        ),
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    if not path.is_file():
+        path.write_text(INTRO)
+    with path.open("a") as file:
+        file.write("\n".join(lines) + "\n")
 
 
 # ---------------------------------------------------------------- main
@@ -434,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - clock
     info = machine()
     context = {
-        "Date": f"{started:%Y-%m-%d %H:%M} UTC (the benchmark took {elapsed / 60:.1f} min)",
+        "Took": f"{elapsed / 60:.1f} min (the whole benchmark)",
         "Command": f"`{command}` (from the repository root, with the venv's python)",
         "Git": f"`{git_sha()}`",
         "Machine": f"{info['CPU']}, nproc {os.cpu_count()}, {info['RAM']}",
@@ -449,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(rich_table("Checks", ["check", "embedded", "cluster"], check_rows(outcomes)))
     for note in cluster.notes:
         console.print(f"  {note}")
-    write_results(args.output, context, outcomes)
+    title = f"{started:%Y-%m-%d %H:%M} UTC: {args.batches} batches of {args.rows:,} rows, {args.workers} workers"
+    write_results(args.output, title, context, outcomes)
     console.print(f"wrote {args.output} ({elapsed / 60:.1f} min)")
     ok = all(outcome.ok for outcome in outcomes)
     if ok and not args.keep:
