@@ -361,14 +361,15 @@ def down(layout: ClusterLayout) -> list[str]:
     if supervisor_running(layout):
         proxy = supervisor(layout)
         stopped = [info["name"] for info in proxy.supervisor.getAllProcessInfo() if info["statename"] == "RUNNING"]
-        with contextlib.suppress(OSError, xmlrpc.client.Error):
-            proxy.supervisor.stopAllProcesses(True)
         pid = _supervisor_pid(layout)
+        # supervisord's own shutdown stops the parts one after another in reverse priority, each
+        # gone before the next is asked: the stores outlive everything that writes to them.
         with contextlib.suppress(OSError, xmlrpc.client.Error):
             proxy.supervisor.shutdown()
         if pid:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                psutil.Process(pid).wait(timeout=30)
+            # Each part has `stopwaitsecs` (20 s) before supervisord kills it; what outlives that is a leftover.
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
+                psutil.Process(pid).wait(timeout=25 * len(layout.part_names()))
     if leftovers := stop_leftovers(layout):
         stopped.append(f"leftovers: {leftovers}")
     return stopped
