@@ -28,7 +28,7 @@ import requests
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 from mlflow import MlflowClient
 
-from ml_platform.cluster import cluster_processes, environment, layout_for, supervisor
+from ml_platform.cluster import cluster_processes, environment, health, layout_for, supervisor
 from ml_platform.lib.cluster import SECRET_VARIABLES, ClusterLayout
 from ml_platform.lib.demo_data import write_demo_batches
 from ml_platform.lib.mlflow_store import tracking_uri_in_use
@@ -171,6 +171,7 @@ def test_batches_landing_run_on_the_workers_through_faults_with_nothing_lost(clu
 def test_a_batch_runs_from_the_cli_after_postgres_restarts(cluster: ClusterUnderTest) -> None:
     cluster.stop("postgres")
     cluster.start("postgres")
+    wait_for(lambda: health(cluster.layout, "postgres", cluster.env)[0], 60, "PostgreSQL to answer again")
     cluster.faults["postgres"] = "restarted between runs"
 
     outcome = cluster.cli("--deployment", "cluster", "run", "batch_0001").stdout
