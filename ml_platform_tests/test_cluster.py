@@ -36,7 +36,7 @@ from ml_platform.lib.settings import PROJECT_ROOT, Settings
 from ml_platform_tests.conftest import Cli, small_config
 from ml_platform_tests.servers import free_port, wait_for
 
-BATCHES = [f"batch_{number:04d}" for number in range(1, 5)]
+BATCHES = [f"batch_{number:04d}" for number in range(1, 4)]
 MODEL = "churn_classifier"
 
 
@@ -120,7 +120,7 @@ def test_cluster_up_starts_every_part_answering_on_localhost_only(cluster: Clust
 
 
 def test_batches_landing_run_on_the_workers_through_faults_with_nothing_lost(cluster: ClusterUnderTest) -> None:
-    """Four batches land at once: the sensor adds their partitions and the daemon runs them, two at a
+    """Three batches land at once: the sensor adds their partitions and the daemon runs them, two at a
     time, their steps on the Celery workers; meanwhile a worker is killed mid-step, Redis restarts and
     the MLflow server is down for 20 s."""
     write_demo_batches(cluster.cli.home / "data" / "incoming", len(BATCHES), 1000, seed=7, drift=0.0)
@@ -172,7 +172,12 @@ def test_a_batch_runs_from_the_cli_after_postgres_restarts(cluster: ClusterUnder
     cluster.stop("postgres")
     cluster.start("postgres")
     wait_for(lambda: health(cluster.layout, "postgres", cluster.env)[0], 60, "PostgreSQL to answer again")
-    cluster.faults["postgres"] = "restarted between runs"
+    # The daemon's code server, reloading its location while PostgreSQL was down, keeps the load error
+    # ("too many retries for DB connection") and would fail the next run at dequeue: the daemon is
+    # restarted after a database restart (the README says so).
+    cluster.stop("dagster-daemon")
+    cluster.start("dagster-daemon")
+    cluster.faults["postgres"] = "restarted between runs, then the daemon"
 
     outcome = cluster.cli("--deployment", "cluster", "run", "batch_0001").stdout
 

@@ -215,16 +215,19 @@ def test_the_history_keeps_only_the_newest_max_events(client, model_name, monkey
     assert champion(client, model_name) == "2"
 
 
-def test_a_thousand_decisions_with_long_reasons_keep_the_newest_events_and_never_fail(client, model_name):
-    # One growing tag failed at the 306th move of this size (MLflow's 100,000-character limit).
+def test_more_decisions_than_the_history_keeps_with_long_reasons_keep_the_newest_and_never_fail(client, model_name):
+    # One growing tag failed at the 306th move of this size (MLflow's 100,000-character limit); the
+    # history keeps the newest MAX_EVENTS, so more moves than that show both limits.
+    moves = registry.MAX_EVENTS + 150
     reason = "beats the champion on this batch's held-out data: " + "r" * 150
-    for decision in range(1000):
+    for decision in range(moves):
         set_alias(client, model_name, "champion", str(decision % 3 + 1), reason=f"{decision} {reason}")
 
     history = alias_history(client, model_name, "champion")
     assert len(history) == registry.MAX_EVENTS
-    assert history[-1].reason.startswith("999 ") and history[0].reason.startswith(f"{1000 - registry.MAX_EVENTS} ")
-    assert champion(client, model_name) == str(999 % 3 + 1)
+    assert history[-1].reason.startswith(f"{moves - 1} ")
+    assert history[0].reason.startswith(f"{moves - registry.MAX_EVENTS} ")
+    assert champion(client, model_name) == str((moves - 1) % 3 + 1)
     event_tags = [key for key in client.get_registered_model(model_name).tags if key.startswith("ml_platform.alias")]
     assert len(event_tags) == registry.MAX_EVENTS
 
