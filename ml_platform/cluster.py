@@ -1,9 +1,10 @@
 """The cluster's processes: start them in order under supervisord, check each one's health, stop
 them all. `ml_platform.lib.cluster` says what the parts are; `ml-platform cluster` is the command.
 
-Each part is started only once the one before it answers (PostgreSQL, Redis, the MLflow server, the
-Celery workers, Dagster's webserver, then its daemon, which launches runs). A start that fails
-anywhere stops everything it started, so a failed `up` leaves nothing running.
+The parts start in two stages (`ClusterLayout.start_stages`): the stores (PostgreSQL, Redis), then,
+once both answer, everything that uses them together (the MLflow server, the Celery workers, Dagster's
+webserver and daemon). A start that fails anywhere stops everything it started, so a failed `up`
+leaves nothing running.
 """
 
 from __future__ import annotations
