@@ -86,6 +86,12 @@ def _is_binary(spec: ColumnSpec) -> bool:
 
 # ---------------------------------------------------------------- models
 
+CLASSIFICATION_METRICS = {"f1": "max", "roc_auc": "max", "precision": "max", "recall": "max", "accuracy": "max"}
+REGRESSION_METRICS = {"rmse": "min", "mae": "min", "r2": "max"}
+METRIC_DIRECTIONS = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
+KNOWN_METRICS = {**CLASSIFICATION_METRICS, **REGRESSION_METRICS}
+DEFAULT_PRIMARY_METRIC = {"classification": "roc_auc", "regression": "rmse"}
+
 
 class RandomForestParams(StrictModel):
     n_estimators: PositiveInt = 200
@@ -128,9 +134,67 @@ MODEL_TYPES_BY_TASK: dict[str, tuple[str, ...]] = {
 }
 
 
+class IntRange(StrictModel):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        return _ordered_range(self)
+
+
+class FloatRange(StrictModel):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        return _ordered_range(self)
+
+
+def _ordered_range(search_range: IntRange | FloatRange):
+    if search_range.low >= search_range.high:
+        raise ValueError(f"low ({search_range.low}) must be below high ({search_range.high})")
+    if search_range.log and search_range.low <= 0:
+        raise ValueError(f"a log range needs low > 0, got {search_range.low}")
+    return search_range
+
+
+class Choices(StrictModel):
+    type: Literal["categorical"]
+    # Optuna stores choices as they are: plain values only (null means the model's "none", e.g. max_depth).
+    choices: list[str | int | float | bool | None] = Field(min_length=1)
+
+
+SearchRange = Annotated[IntRange | FloatRange | Choices, Field(discriminator="type")]
+
+
+class SearchConfig(StrictModel):
+    """A model's hyperparameter search (Optuna, TPE sampler seeded from `training.random_state`).
+
+    Trials are scored on the training rows only: `cv_folds`-fold cross-validation, or with
+    `cv_folds: null` fitted on the training rows and scored on the validation split. The held-out
+    rows of the promotion gate are never seen. The best trial's params train the candidate.
+    """
+
+    params: dict[str, SearchRange] = Field(min_length=1)
+    n_trials: Annotated[int, Field(ge=1, le=500)] = 20
+    # A study cut short by the clock is not reproducible: which trials ran depends on the machine.
+    timeout_seconds: Annotated[float, Field(gt=0, le=86_400)] | None = None
+    cv_folds: Annotated[int, Field(ge=2, le=10)] | None = 3
+    # Default: the promotion's primary metric, in its direction.
+    metric: str | None = None
+
+
 class ModelSpec(StrictModel):
     type: str
     params: dict[str, Any] = Field(default_factory=dict)
+    # Tuned params replace the same params' values in `params`.
+    search: SearchConfig | None = None
 
     @model_validator(mode="after")
     def _known_type_and_params(self) -> ModelSpec:
@@ -140,7 +204,28 @@ class ModelSpec(StrictModel):
             validate_model_params(self.type, self.params)
         except ValidationError as error:
             raise ValueError(f"params of {self.type}: {format_validation_error(error)}") from None
+        if self.search is not None:
+            self.search.params = canonical_param_names(self.type, self.search.params)
+            for name, search_range in self.search.params.items():
+                _check_search_range(self.type, name, search_range)
+            if self.search.metric is not None and self.search.metric not in KNOWN_METRICS:
+                raise ValueError(
+                    f"search.metric {self.search.metric!r} is unknown; allowed: {', '.join(sorted(KNOWN_METRICS))}"
+                )
         return self
+
+
+def _check_search_range(model_type: str, name: str, search_range: IntRange | FloatRange | Choices) -> None:
+    """Every value the range can give must be a valid param: its ends, or each of its choices."""
+    fields = PARAMS_BY_MODEL_TYPE[model_type].model_fields
+    if name not in fields:
+        raise ValueError(f"search.params.{name}: not a param of {model_type}; allowed: {', '.join(sorted(fields))}")
+    values = search_range.choices if isinstance(search_range, Choices) else [search_range.low, search_range.high]
+    for value in values:
+        try:
+            validate_model_params(model_type, {name: value})
+        except ValidationError as error:
+            raise ValueError(f"search.params.{name}: {value!r} is refused: {format_validation_error(error)}") from None
 
 
 def canonical_param_names(model_type: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -297,12 +382,6 @@ class MonitoringConfig(StrictModel):
     hooks: list[Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]] = Field(default_factory=list)
 
 
-CLASSIFICATION_METRICS = {"f1": "max", "roc_auc": "max", "precision": "max", "recall": "max", "accuracy": "max"}
-REGRESSION_METRICS = {"rmse": "min", "mae": "min", "r2": "max"}
-METRIC_DIRECTIONS = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
-DEFAULT_PRIMARY_METRIC = {"classification": "roc_auc", "regression": "rmse"}
-
-
 class PlatformConfig(StrictModel):
     seed: int = 42
     data: DataConfig
@@ -335,6 +414,14 @@ class PlatformConfig(StrictModel):
                 f"promotion.primary_metric {self.promotion.primary_metric!r} is not a {self.data.task} metric; "
                 f"allowed: {', '.join(metrics)}"
             )
+        for name, spec in self.models.items():
+            if spec.search is not None:
+                spec.search.metric = spec.search.metric or self.promotion.primary_metric
+                if spec.search.metric not in metrics:
+                    raise ValueError(
+                        f"models.{name}.search.metric {spec.search.metric!r} is not a {self.data.task} metric; "
+                        f"allowed: {', '.join(metrics)}"
+                    )
         if self.promotion.registered_model_name is None:
             self.promotion.registered_model_name = f"{self.data.name}_{self.data.task}"
         if self.tracking.experiment_name is None:

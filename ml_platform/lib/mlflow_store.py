@@ -39,6 +39,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 FLUENT_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 # The ids a model was fitted on, so a later comparison can prove it never saw the rows it is scored on.
 TRAINING_IDS_ARTIFACT = "split/training_ids.json"
+# MLflow refuses run tags longer than this.
+MAX_TAG_CHARS = 8000
 
 
 @dataclass
@@ -99,13 +101,17 @@ class MlflowStore:
         model,
         input_example=None,
         artifacts: dict[str, Any] | None = None,
+        study=None,
     ) -> tuple[str, str]:
         """One finished run: params, metrics and tags in batched writes, the fitted model (with its
         signature when an input example is given) and artifacts: a dict or list is written as JSON,
-        a path is copied. Returns (run_id, model_uri)."""
+        a path is copied; the trials of `study` (a `lib.tuning.StudyResult`) as its nested runs.
+        Returns (run_id, model_uri)."""
         import mlflow.sklearn
 
         experiment_id = self.experiment_id()
+        if study is not None:
+            tags = {**tags, **study_tags(study)}
         # Slow (it serialises the model): done before taking the writer lock.
         model_args = sklearn_model_args(model, input_example)
         with (
@@ -115,6 +121,8 @@ class MlflowStore:
         ):
             mlflow.log_params({key: _param_value(value) for key, value in params.items()})
             mlflow.log_metrics(metrics)
+            if study is not None:
+                self._log_trials(experiment_id, run.info.run_id, study)
             for name, content in (artifacts or {}).items():
                 if isinstance(content, dict | list):
                     mlflow.log_dict(content, name)
@@ -134,10 +142,12 @@ class MlflowStore:
         data_hash: str,
         config,
         tags: dict[str, str],
+        study=None,
     ) -> tuple[str, str]:
         """One run for a model fitted on `split` (`lib.training`), with its provenance: params, held-out
         metrics, the data hash, code and library versions, the resolved config and its hash.
-        `config` is a PlatformConfig or ExperimentConfig, `training` its TrainingConfig."""
+        `config` is a PlatformConfig or ExperimentConfig, `training` its TrainingConfig; the trials
+        of `study`, when the params were tuned, as nested runs."""
         from ml_platform.lib.provenance import code_version, library_versions
 
         return self.log_model_run(
@@ -166,7 +176,57 @@ class MlflowStore:
                 "config.json": config.loggable(),
                 TRAINING_IDS_ARTIFACT: {"id_column": split.id_column, "ids": split.training_ids()},
             },
+            study=study,
         )
+
+    def log_study(self, run_name: str, study, params: dict[str, Any], tags: dict[str, str]) -> str:
+        """A study on its own (`ml-platform tune`): one finished run with `params`, the best value and
+        `tags`, its trials as nested runs; no model is logged or registered. Returns the run id."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        experiment_id = self.experiment_id()
+        best = study.best
+        with self.write_lock():
+            client = self.client()
+            run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+            now = _milliseconds(best.started) + round(best.seconds * 1000)
+            client.log_batch(
+                run.info.run_id,
+                metrics=[Metric(f"best_{study.metric}", best.value, now, 0)],
+                params=[Param(key, _param_value(value)) for key, value in params.items()],
+                tags=[RunTag(key, value) for key, value in study_tags(study).items()],
+            )
+            self._log_trials(experiment_id, run.info.run_id, study)
+            client.set_terminated(run.info.run_id, "FINISHED")
+        return run.info.run_id
+
+    def _log_trials(self, experiment_id: str, parent_run_id: str, study) -> None:
+        """Each trial as a run nested under `parent_run_id`, in three writes (create, one batch of
+        params, value and tags, terminate). Nesting is the `mlflow.parentRunId` tag, the one
+        `mlflow.start_run(nested=True)` sets; the client is used so that each run keeps its trial's
+        own start and end times (a study runs before the lock is taken, its runs are logged after)."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        client = self.client()
+        for trial in study.trials:
+            started = _milliseconds(trial.started)
+            ended = started + round(trial.seconds * 1000)
+            child = client.create_run(
+                experiment_id,
+                start_time=started,
+                run_name=f"trial-{trial.number}",
+                tags={"mlflow.parentRunId": parent_run_id},
+            )
+            trial_tags = {"optuna.trial": str(trial.number), "optuna.state": trial.state}
+            if trial.error:
+                trial_tags["optuna.error"] = trial.error[:MAX_TAG_CHARS]
+            client.log_batch(
+                child.info.run_id,
+                metrics=[Metric(name, value, ended, 0) for name, value in trial_metrics(study, trial).items()],
+                params=[Param(key, _param_value(value)) for key, value in trial.params.items()],
+                tags=[RunTag(key, value) for key, value in trial_tags.items()],
+            )
+            client.set_terminated(child.info.run_id, "FINISHED" if trial.value is not None else "FAILED", ended)
 
     def rows_trained_on(self, run_id: str, ids: list[str]) -> int | None:
         """How many of `ids` the run's model was fitted on, or None when the run did not record its rows."""
@@ -295,6 +355,24 @@ def sklearn_model_args(model, input_example=None) -> dict[str, Any]:
         "pip_requirements": _pip_requirements(),
         "skops_trusted_types": library_types_in(model),
     }
+
+
+def study_tags(study) -> dict[str, str]:
+    """What a tuned model's run records of its study, besides the trials themselves."""
+    return {
+        "tuning.metric": study.metric,
+        "tuning.scoring": study.scoring,
+        "tuning.trials": str(len(study.trials)),
+        "tuning.best_trial": str(study.best.number),
+    }
+
+
+def trial_metrics(study, trial) -> dict[str, float]:
+    return {"trial_seconds": trial.seconds, **({study.metric: trial.value} if trial.value is not None else {})}
+
+
+def _milliseconds(moment) -> int:
+    return round(moment.timestamp() * 1000)
 
 
 def _param_value(value: Any) -> str:

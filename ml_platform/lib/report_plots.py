@@ -25,6 +25,8 @@ from sklearn.inspection import permutation_importance
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
+from ml_platform.lib.tuning import StudyResult
+
 # 640x480 pixels for a default figure: sharp enough on screen, and a few tens of KB as a PNG, so
 # the copy embedded in Dagster's event log stays small.
 PNG_DPI = 100
@@ -39,6 +41,7 @@ PLOT_TITLES = {
     "residuals": "Residuals",
     "feature_importances": "Feature importances",
     "metrics_over_batches": "Metrics over batches",
+    "objective_over_trials": "Objective over trials",
 }
 
 # The scikit-learn scorer for each platform metric, for permutation importances. Error metrics
@@ -377,6 +380,29 @@ def metrics_over_batches_figure(outcomes: list[BatchOutcome], metric: str) -> Fi
     axes.set_ylabel(f"{metric} on the batch's held-out rows")
     axes.set_title(f"{metric} per batch, every candidate")
     axes.margins(x=0.08, y=0.12)
+    axes.legend(loc="best", fontsize=8)
+    return figure
+
+
+# Tuning -----------------------------------------------------------------------------------------
+
+
+def objective_over_trials_figure(study: StudyResult) -> Figure:
+    """Each trial's objective in the order the trials ran, failed ones left out, and the best so
+    far as a step line: where it flattens, more trials stopped paying."""
+    figure, axes = _figure()
+    completed = study.completed
+    axes.scatter(
+        [trial.number for trial in completed], [trial.value for trial in completed], s=18, label="trial", zorder=3
+    )
+    best_so_far = zip(study.trials, study.best_so_far(), strict=True)
+    line = [(trial.number, best) for trial, best in best_so_far if best is not None]
+    axes.step(*zip(*line, strict=True), where="post", color="black", label="best so far")
+    best = study.best
+    axes.scatter([best.number], [best.value], marker="*", s=220, color="gold", edgecolors="black", zorder=4)
+    axes.set_xlabel("trial")
+    axes.set_ylabel(f"{study.metric} ({study.mode})")
+    axes.set_title(f"{study.model_type}: {study.metric} over {len(study.trials)} trials")
     axes.legend(loc="best", fontsize=8)
     return figure
 

@@ -20,7 +20,9 @@ from ml_platform.lib.config import (
 )
 from ml_platform.lib.evaluation import Predictions, metrics_of, predict, score
 from ml_platform.lib.provenance import frame_hash
+from ml_platform.lib.report_plots import PLOT_TITLES, image_markdown, objective_over_trials_figure, to_png
 from ml_platform.lib.training import TrainTestSplit, carve_validation, fit_model, split_train_test
+from ml_platform.lib.tuning import StudyResult, run_study, trials_markdown
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
 from ml_platform.resources.warehouse import WarehouseResource
 
@@ -126,7 +128,8 @@ def training_window(context: dg.OpExecutionContext, window: str, warehouse: Ware
 
 
 def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> dg.AssetsDefinition:
-    """`<name>_model`: fit the spec's Pipeline, score it on the held-out rows, log one MLflow run."""
+    """`<name>_model`: fit the spec's Pipeline (with the best params of its study when it has a
+    `search:` block), score it on the held-out rows, log one MLflow run (the trials nested under it)."""
     model_code_version = code_version(spec, platform.training)
 
     @dg.asset(
@@ -136,7 +139,12 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
         kinds={"sklearn", "mlflow"},
         code_version=model_code_version,
         retry_policy=EXTERNAL_SYSTEM_RETRY,
-        description=f"{spec.type} trained on the batch's training split, logged to MLflow.",
+        description=f"{spec.type} trained on the batch's training split, logged to MLflow."
+        + (
+            f" Tuned first: {spec.search.n_trials} Optuna trials over {', '.join(spec.search.params)}."
+            if spec.search is not None
+            else ""
+        ),
     )
     @retry_only_transient
     def model_asset(
@@ -151,6 +159,13 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
             **canonical_param_names(spec.type, config.params),
         }
         task = platform.data.task
+        study = None
+        if spec.search is not None:
+            study = run_study(
+                task, spec.type, params, spec.search, split, platform.training.random_state, spec.search.metric
+            )
+            context.log.info(f"{name}: best of {len(study.trials)} trials: {study.best.params} ({study.scoring})")
+            params = {**params, **study.best.params}
         fitted = fit_model(task, spec.type, params, split, platform.training.random_state)
         held_out = predict(task, fitted.pipeline, split.x_test)
         metrics = metrics_of(task, split.y_test, held_out)
@@ -165,6 +180,7 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
             data_hash=training_data.data_hash,
             config=platform,
             tags={**run_tags(context), "model_name": name, "dagster.asset_key": context.asset_key.to_user_string()},
+            study=study,
         )
         context.log.info(f"{name}: {metrics} (MLflow run {run_id})")
         with warnings.catch_warnings():
@@ -185,6 +201,7 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
                     "mlflow_run_id": run_id,
                     "model_uri": model_uri,
                     "mlflow_run": dg.MetadataValue.url(mlflow.store.run_url(run_id)),
+                    **(study_metadata(study) if study is not None else {}),
                 },
                 # Params given at launch change the model without changing the code version: the data
                 # version says what this model was really built from, so its dependents see the change.
@@ -195,6 +212,19 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
         return output
 
     return model_asset
+
+
+def study_metadata(study: StudyResult) -> dict[str, dg.MetadataValue]:
+    """What the model's page shows of its study: the trials, the objective over them, the winner."""
+    return {
+        "tuning_trials": dg.MetadataValue.md(trials_markdown(study)),
+        "tuning_plot": dg.MetadataValue.md(
+            image_markdown(PLOT_TITLES["objective_over_trials"], to_png(objective_over_trials_figure(study)))
+        ),
+        "tuning_scoring": study.scoring,
+        "tuning_best_trial": study.best.number,
+        f"tuning_best_{study.metric}": dg.MetadataValue.float(study.best.value),
+    }
 
 
 def run_tags(context: dg.OpExecutionContext) -> dict[str, str]:
