@@ -25,6 +25,7 @@ from ml_platform.cli.experiments import experiment_app, experiments_app
 from ml_platform.cli.models import models_app
 from ml_platform.cli.schedules import schedules_app
 from ml_platform.cli.status import status
+from ml_platform.cli.tune import tune
 from ml_platform.cli.ui import ui
 from ml_platform.lib.settings import Settings
 
@@ -37,6 +38,7 @@ app.add_typer(experiments_app, name="experiments")
 app.add_typer(models_app, name="models")
 app.add_typer(schedules_app, name="schedules")
 app.command("status")(status)
+app.command("tune")(tune)
 app.command("ui")(ui)
 
 

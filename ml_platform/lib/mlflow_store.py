@@ -112,6 +112,7 @@ class MlflowStore:
         experiment_id = self.experiment_id()
         if study is not None:
             tags = {**tags, **study_tags(study)}
+            metrics = {**metrics, **study_metrics(study)}
         # Slow (it serialises the model): done before taking the writer lock.
         model_args = sklearn_model_args(model, input_example)
         with (
@@ -185,14 +186,14 @@ class MlflowStore:
         from mlflow.entities import Metric, Param, RunTag
 
         experiment_id = self.experiment_id()
-        best = study.best
+        best = study.best  # its end time stamps the best value
         with self.write_lock():
             client = self.client()
             run = client.create_run(experiment_id, run_name=run_name, tags=tags)
-            now = _milliseconds(best.started) + round(best.seconds * 1000)
+            ended = _milliseconds(best.started) + round(best.seconds * 1000)
             client.log_batch(
                 run.info.run_id,
-                metrics=[Metric(f"best_{study.metric}", best.value, now, 0)],
+                metrics=[Metric(name, value, ended, 0) for name, value in study_metrics(study).items()],
                 params=[Param(key, _param_value(value)) for key, value in params.items()],
                 tags=[RunTag(key, value) for key, value in study_tags(study).items()],
             )
@@ -367,8 +368,15 @@ def study_tags(study) -> dict[str, str]:
     }
 
 
+def study_metrics(study) -> dict[str, float]:
+    return {f"tuning_best_{study.metric}": study.best.value}
+
+
 def trial_metrics(study, trial) -> dict[str, float]:
-    return {"trial_seconds": trial.seconds, **({study.metric: trial.value} if trial.value is not None else {})}
+    """A trial's value is named `tuning_<metric>`, not `<metric>`: it is a score on the training rows
+    and must not rank with (or be mistaken for) the models' held-out metrics in run searches."""
+    value = {f"tuning_{study.metric}": trial.value} if trial.value is not None else {}
+    return {"trial_seconds": trial.seconds, **value}
 
 
 def _milliseconds(moment) -> int:

@@ -19,6 +19,7 @@ from ml_platform.lib.config import (
     fingerprint,
 )
 from ml_platform.lib.evaluation import Predictions, metrics_of, predict, score
+from ml_platform.lib.mlflow_store import study_metrics
 from ml_platform.lib.provenance import frame_hash
 from ml_platform.lib.report_plots import PLOT_TITLES, image_markdown, objective_over_trials_figure, to_png
 from ml_platform.lib.training import TrainTestSplit, carve_validation, fit_model, split_train_test
@@ -223,7 +224,7 @@ def study_metadata(study: StudyResult) -> dict[str, dg.MetadataValue]:
         ),
         "tuning_scoring": study.scoring,
         "tuning_best_trial": study.best.number,
-        f"tuning_best_{study.metric}": dg.MetadataValue.float(study.best.value),
+        **{name: dg.MetadataValue.float(value) for name, value in study_metrics(study).items()},
     }
 
 
