@@ -46,7 +46,7 @@ def test_tune_runs_a_study_on_the_newest_batch_as_an_experiment_outside_the_pipe
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["xgboost"], "unknown model 'xgboost'; configured: random_forest, gradient_boosting, logistic_regression"),
+        (["xgboost"], "unknown model 'xgboost'; configured: gradient_boosting, logistic_regression, random_forest"),
         (["random_forest"], "models.random_forest has no search: block to tune"),
         (["logistic_regression", "--batch", "batch_0042"], "unknown batch 'batch_0042'"),
     ],

@@ -9,9 +9,17 @@ from datetime import datetime
 import pytest
 from pydantic import ValidationError
 
-from ml_platform.lib.config import ModelSpec, PlatformConfig, code_version, format_validation_error
+from ml_platform.lib.config import (
+    ExperimentConfig,
+    ModelSpec,
+    PlatformConfig,
+    code_version,
+    format_validation_error,
+    load_experiment_config,
+)
 from ml_platform.lib.demo_data import generate_churn_batch
 from ml_platform.lib.report_plots import objective_over_trials_figure
+from ml_platform.lib.settings import PROJECT_ROOT
 from ml_platform.lib.training import carve_validation, split_train_test
 from ml_platform.lib.tuning import StudyResult, TrialResult, distributions, run_study, trials_markdown
 from ml_platform_tests.conftest import small_config
@@ -104,6 +112,14 @@ def test_a_categorical_choice_the_model_refuses_is_refused():
 )
 def test_the_study_is_bounded_and_its_metric_fits_the_task(search, message):
     assert message in refusal(**search)
+
+
+def test_an_experiment_with_a_search_block_is_refused_not_silently_untuned():
+    raw = load_experiment_config(PROJECT_ROOT / "configs" / "experiment.yaml", ["model=logistic_regression"])
+    raw = {**raw.model_dump(mode="json"), "model": {"type": "logistic_regression", "search": C_SEARCH}}
+
+    with pytest.raises(ValidationError, match="model.search: an experiment trains its params as given"):
+        ExperimentConfig.model_validate(raw)
 
 
 def test_the_metric_defaults_to_the_promotion_metric():

@@ -42,7 +42,7 @@ def tune(
     config = load_platform_config(settings)
     spec = config.models.get(model)
     if spec is None:
-        fail(f"unknown model {model!r}; configured: {', '.join(config.models)}")
+        fail(f"unknown model {model!r}; configured: {', '.join(sorted(config.models))}")
     if spec.search is None:
         fail(f"models.{model} has no search: block to tune (see the README's 'Tuning candidates')")
     search = spec.search if trials is None else spec.search.model_copy(update={"n_trials": trials})

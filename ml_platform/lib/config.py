@@ -479,6 +479,9 @@ class ExperimentConfig(StrictModel):
             raise ValueError(
                 f"model: type {self.model.type!r} does not fit task {self.data.task!r}; allowed: {', '.join(allowed)}"
             )
+        if self.model.search is not None:
+            # Refused rather than ignored: the experiment job trains the params as given.
+            raise ValueError("model.search: an experiment trains its params as given; tune with `ml-platform tune`")
         if self.name is None:
             self.name = f"{self.model.type}-{self.config_hash()[:8]}"
         return self
