@@ -59,6 +59,8 @@ def test_a_mistake_is_one_clear_line_and_exit_2(cli, args, message):
 
 
 def test_a_batch_without_features_is_refused(cli):
+    incoming = cli.home / "data" / "incoming"
+    (incoming / "batch_0003.csv").write_bytes((incoming / "batch_0001.csv").read_bytes())
     cli("batches", "add", "batch_0003")
 
     result = cli("tune", "logistic_regression", "--batch", "batch_0003", exit_code=2)

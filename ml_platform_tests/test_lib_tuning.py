@@ -144,6 +144,8 @@ def test_the_search_space_is_part_of_the_models_code_version():
     )
 
     assert len({code_version(spec, training) for spec in (plain, tuned, wider)}) == 3
+    # An untuned model's code version is the one it had before `search` existed.
+    assert plain.model_dump() == {"type": "logistic_regression", "params": {"C": 1.0}}
 
 
 def test_each_range_becomes_the_optuna_distribution_it_describes():

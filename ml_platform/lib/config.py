@@ -193,8 +193,9 @@ class SearchConfig(StrictModel):
 class ModelSpec(StrictModel):
     type: str
     params: dict[str, Any] = Field(default_factory=dict)
-    # Tuned params replace the same params' values in `params`.
-    search: SearchConfig | None = None
+    # Tuned params replace the same params' values in `params`. Left out of dumps when absent, so an
+    # untuned model's code version and the config hash are what they were before tuning existed.
+    search: SearchConfig | None = Field(None, exclude_if=lambda search: search is None)
 
     @model_validator(mode="after")
     def _known_type_and_params(self) -> ModelSpec:

@@ -178,7 +178,11 @@ def run_study(
             errors[trial.number] = " ".join(str(error).split())
             study.tell(trial, state=TrialState.FAIL)
         else:
-            study.tell(trial, value if math.isfinite(value) else None, state=_state(value))
+            if math.isfinite(value):
+                study.tell(trial, value)
+            else:  # a metric undefined on a fold fails the trial, not the study
+                errors[trial.number] = f"{metric} is not a number"
+                study.tell(trial, state=TrialState.FAIL)
         if search.timeout_seconds is not None and time.monotonic() - clock >= search.timeout_seconds:
             break
     trials = [_trial_result(trial, errors.get(trial.number)) for trial in study.trials]
@@ -191,13 +195,6 @@ def run_study(
     if not result.completed:
         raise TuningError(f"no trial of the {model_type} study completed; first error: {trials[0].error}")
     return result
-
-
-def _state(value: float):
-    """A score that is not a number (a metric undefined on a fold) fails the trial, not the study."""
-    from optuna.trial import TrialState
-
-    return TrialState.COMPLETE if math.isfinite(value) else TrialState.FAIL
 
 
 def _trial_result(trial, error: str | None) -> TrialResult:
