@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ml_platform.lib.config import ColumnSpec, DataConfig, code_version
+from ml_platform.lib.config import ColumnSpec, DataConfig, TrainingConfig, code_version
 from ml_platform.lib.redelivery import StoredDelivery, decide_redelivery
 from ml_platform.lib.warehouse import DELIVERY_TABLE
 
@@ -33,6 +34,11 @@ SQL_TYPES = {
     "boolean": "BOOLEAN",
 }
 MAX_PROBLEMS = 20
+NUMERIC_TYPES = ("integer", "float")
+# What padding is: the whitespace spreadsheets and fixed-width exports leave around a field.
+PADDING = " \t"
+# A text column unique per row in a batch this large is most likely an identifier, not a feature.
+IDENTIFIER_LIKE_MIN_ROWS = 20
 
 
 class BatchRejected(ValueError):
@@ -71,6 +77,10 @@ class BatchSummary:
     columns: list[str]
     content_hash: str
     null_counts: dict[str, int] = field(default_factory=dict)
+    # Fields of integer and float columns that were empty or only whitespace: read as missing values.
+    blank_counts: dict[str, int] = field(default_factory=dict)
+    # Text feature columns unique per row: identifiers a model would learn nothing general from.
+    identifier_like_columns: tuple[str, ...] = ()
     # What the re-delivery rule did (`ingest_delivery`): rows left out or replacing others', and why.
     dropped_rows: int = 0
     replacing_rows: int = 0
@@ -98,10 +108,16 @@ def file_content_hash(path: Path) -> str:
 
 
 def ingest_batch(
-    path: Path, data: DataConfig, con: duckdb.DuckDBPyConnection, table: str = "raw_batch"
+    path: Path,
+    data: DataConfig,
+    con: duckdb.DuckDBPyConnection,
+    table: str = "raw_batch",
+    training: TrainingConfig | None = None,
 ) -> BatchSummary:
     """Validate the batch file at `path` and create `table` in `con` with the contract's types.
 
+    Padding is stripped from every field first, and a blank number is a missing value. With
+    `training`, a batch with too few rows for its split (`minimum_rows_to_split`) is refused too.
     Raises BatchValidationError, before `table` exists, on any breach of the contract.
     """
     if not path.is_file():
@@ -116,7 +132,10 @@ def ingest_batch(
         rows = con.execute("SELECT count(*) FROM landed").fetchone()[0]
         if rows == 0:
             raise BatchValidationError(path, ["file has a header but no data rows"])
+        blank_counts = _strip_padding(con, data)
         problems = _contract_problems(con, data)
+        if training is not None and not problems:
+            problems = _split_problems(con, data, training, rows)
         if problems:
             raise BatchValidationError(path, problems)
         casts = ", ".join(
@@ -130,11 +149,63 @@ def ingest_batch(
         columns=list(data.columns),
         content_hash=file_content_hash(path),
         null_counts=_null_counts(con, data, table),
+        blank_counts=blank_counts,
+        identifier_like_columns=identifier_like_columns(con, data, table, rows),
     )
 
 
+def minimum_rows_to_split(training: TrainingConfig, classes: int | None) -> int:
+    """The fewest rows of a batch that `split_train_test` and then `carve_validation` can divide.
+
+    Computed with scikit-learn's own arithmetic (a part's size is `ceil(share * rows)`, the rest
+    the other part). A stratified split (`classes` given) needs at least one row of each class in
+    every part; any other split needs one row per part. A batch below it would pass the contract
+    and then fail in `training_data` with scikit-learn's message, which names none of this.
+    """
+    per_part = classes or 1
+
+    def divisible(rows: int) -> bool:
+        held_out = math.ceil(training.test_size * rows)
+        training_rows = rows - held_out
+        validation = math.ceil(training.validation_size * training_rows)
+        return min(held_out, validation, training_rows - validation) >= per_part
+
+    rows = 2 * per_part
+    while not divisible(rows):  # ends: both shares are below 1, so large enough batches divide
+        rows += 1
+    return rows
+
+
+def split_requirement(training: TrainingConfig, classes: int | None) -> str:
+    """The split `minimum_rows_to_split` is about, in words, for a message."""
+    kind = f"with {classes} classes (stratified)" if classes else "(not stratified)"
+    return f"test_size {training.test_size:g} and validation_size {training.validation_size:g} {kind}"
+
+
+def identifier_like_columns(con: duckdb.DuckDBPyConnection, data: DataConfig, table: str, rows: int) -> tuple[str, ...]:
+    """Text feature columns with a different value in every row of a batch of at least
+    IDENTIFIER_LIKE_MIN_ROWS: a customer code one-hot encoded is one level per row, noise to a model
+    (mark it `role: identifier`). A warning, not a refusal: the contract allows it."""
+    candidates = [
+        name
+        for name, spec in data.columns.items()
+        if spec.type == "string" and spec.role == "feature" and name not in (data.id_column, data.target)
+    ]
+    if rows < IDENTIFIER_LIKE_MIN_ROWS or not candidates:
+        return ()
+    distinct = con.execute(
+        "SELECT " + ", ".join(f'count(DISTINCT "{name}")' for name in candidates) + f' FROM "{table}"'
+    ).fetchone()
+    return tuple(name for name, count in zip(candidates, distinct, strict=True) if count == rows)
+
+
 def ingest_delivery(
-    path: Path, data: DataConfig, con: duckdb.DuckDBPyConnection, batch_id: str, stored: StoredDeliveries
+    path: Path,
+    data: DataConfig,
+    con: duckdb.DuckDBPyConnection,
+    batch_id: str,
+    stored: StoredDeliveries,
+    training: TrainingConfig | None = None,
 ) -> BatchSummary:
     """`ingest_batch` into `raw_batch`, then the re-delivery rule against the other stored batches
     (`stored`), then the batch's delivery record (`batch_delivery`) beside its rows.
@@ -143,7 +214,7 @@ def ingest_delivery(
     delivered, or (policy reject) whose ids other batches delivered; under policy drop those rows are
     left out, under update they are kept and replace the others' where batches are read together.
     """
-    summary = ingest_batch(path, data, con)
+    summary = ingest_batch(path, data, con, training=training)
     incoming_ids = con.execute(f'SELECT "{data.id_column}" AS id FROM raw_batch').df()
     decision = decide_redelivery(
         source=str(path),
@@ -209,7 +280,8 @@ def _read_header(path: Path, data: DataConfig) -> list[str]:
     with path.open("rb") as handle:
         first_line = handle.readline()
     try:
-        return next(csv.reader([first_line.decode("utf-8")]))
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which is not part of the name.
+        return next(csv.reader([first_line.decode("utf-8-sig")]))
     except UnicodeDecodeError as error:
         raise BatchValidationError(
             path, [f"header is not UTF-8 text (byte {error.start}: {error.reason}); expected a UTF-8 CSV"]
@@ -249,6 +321,44 @@ def _land(path: Path, header: list[str], con: duckdb.DuckDBPyConnection, data: D
         raise BatchValidationError(path, [_first_lines_of(error)]) from None
 
 
+def _strip_padding(con: duckdb.DuckDBPyConnection, data: DataConfig) -> dict[str, int]:
+    """Strip the padding off every text field of `landed`, then make a blank number a missing value;
+    return how many fields of each integer or float column were blank (empty or only whitespace).
+
+    Before the rules, so `" Yes "` is the allowed `Yes` and `" 12 "` the integer 12; in the stored
+    table too, so a model never sees two spellings of one value. Exports write a missing number as an
+    empty or a space-only field (`TotalCharges` in the well-known churn export): that is NULL, and
+    `nullable` decides whether it is allowed.
+    """
+    text_columns = {
+        name
+        for name, kind in con.execute("SELECT column_name, column_type FROM (DESCRIBE landed)").fetchall()
+        if kind == "VARCHAR"
+    }
+    padded = [name for name in data.columns if name in text_columns]
+    numbers = [name for name in padded if data.columns[name].type in NUMERIC_TYPES]
+    blank_counts = dict.fromkeys((name for name, spec in data.columns.items() if spec.type in NUMERIC_TYPES), 0)
+    if numbers:
+        blanks = ", ".join(
+            f"count(*) FILTER (WHERE coalesce(trim(\"{name}\", '{PADDING}'), '') = '')" for name in numbers
+        )
+        blank_counts.update(zip(numbers, con.execute(f"SELECT {blanks} FROM landed").fetchone(), strict=True))
+    if padded:
+        # A string or category keeps an empty value (then `allowed` or the data decide); a number or
+        # a boolean has no empty value, so blank is missing.
+        stripped = ", ".join(
+            f'"{name}" = '
+            + (
+                f"trim(\"{name}\", '{PADDING}')"
+                if data.columns[name].type in ("string", "category")
+                else f"nullif(trim(\"{name}\", '{PADDING}'), '')"
+            )
+            for name in padded
+        )
+        con.execute(f"UPDATE landed SET {stripped}")
+    return blank_counts
+
+
 def _first_lines_of(error: duckdb.Error) -> str:
     """DuckDB's message without its generic 'Possible fixes' advice."""
     lines = []
@@ -257,6 +367,18 @@ def _first_lines_of(error: duckdb.Error) -> str:
             break
         lines.append(line.strip())
     return " ".join(lines)
+
+
+def _split_problems(con: duckdb.DuckDBPyConnection, data: DataConfig, training: TrainingConfig, rows: int) -> list[str]:
+    """A batch too small for its split: refused here, with the minimum, not in `training_data`."""
+    classes = None
+    if training.split.stratifies(data.task):
+        target_type = SQL_TYPES[data.columns[data.target].type]
+        [classes] = con.execute(f'SELECT count(DISTINCT CAST("{data.target}" AS {target_type})) FROM landed').fetchone()
+    minimum = minimum_rows_to_split(training, classes)
+    if rows >= minimum:
+        return []
+    return [f"{rows} rows; at least {minimum} rows are needed to split {split_requirement(training, classes)}"]
 
 
 def _contract_problems(con: duckdb.DuckDBPyConnection, data: DataConfig) -> list[str]:
