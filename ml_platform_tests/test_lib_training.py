@@ -226,6 +226,7 @@ def test_the_split_records_how_its_held_out_rows_were_chosen(features, classific
         "split.test_size": "0.2",
         "split.validation_size": "0.25",
         "split.stratified": "True",
+        "split.strategy": "stratified",
         "split.held_out_rows": "200",
         "split.held_out_ids_sha256": provenance.held_out_ids_sha256,
     }

@@ -22,6 +22,7 @@ from rich.table import Table
 from ml_platform.cli.cluster import cluster_app, use_cluster
 from ml_platform.cli.common import console, dagster_instance, fail, load_platform_config
 from ml_platform.cli.experiments import experiment_app, experiments_app
+from ml_platform.cli.init_config import init_config
 from ml_platform.cli.models import models_app
 from ml_platform.cli.schedules import schedules_app
 from ml_platform.cli.status import status
@@ -37,6 +38,7 @@ app.add_typer(experiments_app, name="experiments")
 app.add_typer(models_app, name="models")
 app.add_typer(schedules_app, name="schedules")
 app.command("status")(status)
+app.command("init-config")(init_config)
 app.command("ui")(ui)
 
 

@@ -264,6 +264,14 @@ def ingest_delivery(
     return summary
 
 
+def identifier_like_warning(columns: Sequence[str]) -> str:
+    """What `identifier_like_columns` found, and what to do about it."""
+    return (
+        f"text column(s) {', '.join(columns)} hold a different value in every row and are used as features: "
+        "if they identify rows (a customer code), mark them `role: identifier` in the data contract"
+    )
+
+
 def _null_counts(con: duckdb.DuckDBPyConnection, data: DataConfig, table: str) -> dict[str, int]:
     null_sums = ", ".join(f'count(*) - count("{name}")' for name in data.columns)
     counts = con.execute(f'SELECT {null_sums} FROM "{table}"').fetchone()
