@@ -17,7 +17,6 @@ from pathlib import Path
 import duckdb
 
 from ml_platform.lib.config import MODEL_TYPES_BY_TASK, Task
-from ml_platform.lib.ingestion import PADDING
 
 # Text with at most this many distinct values is drafted as a category with its `allowed` labels.
 MAX_CATEGORY_LEVELS = 20
@@ -123,7 +122,7 @@ def draft_contract(source: Path, target: str, task: Task = "classification") -> 
         _check_names(source, names, target)
         # The sniffer guesses types from text as ingestion will see it: stripped, blanks missing.
         cleaned = Path(scratch) / "cleaned.csv"
-        stripped = ", ".join(f"nullif(trim(\"{name}\", '{PADDING}'), '') AS \"{name}\"" for name in names)
+        stripped = ", ".join(f'nullif(trim("{name}"), \'\') AS "{name}"' for name in names)
         con.execute(f"COPY (SELECT {stripped} FROM sample) TO '{cleaned}' (HEADER, DELIMITER ',')")
         con.execute(f"CREATE TABLE cleaned AS SELECT * FROM read_csv('{cleaned}', header=true, sample_size=-1)")
         sniffed = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE cleaned)").fetchall())
