@@ -97,3 +97,13 @@ def test_an_existing_out_file_is_kept_unless_forced(telco_export, tmp_path):
 
     assert refused.exit_code == 2 and "exists" in refused.output
     assert forced.exit_code == 0 and out.read_text().startswith("# A starting config")
+
+
+def test_a_draft_the_loader_refuses_is_written_with_the_loaders_reason(telco_export, tmp_path):
+    out = tmp_path / "gender.yaml"
+
+    result = init_config(str(telco_export), "--target", "gender", "--task", "regression", "--out", str(out))
+
+    assert result.exit_code == 0 and out.exists()
+    assert "the draft does not load as it is" in result.output
+    assert "a regression target must be integer or float, 'gender' is category" in " ".join(result.output.split())

@@ -22,6 +22,7 @@ def init_config(
     """Draft a platform config from SAMPLE: column types (DuckDB's sniffer), allowed labels of
     low-cardinality text, nullable where blanks appear, the id column guessed. Review it, then point
     ML_PLATFORM_CONFIG at it."""
+    from ml_platform.lib.config import ConfigError, load_config
     from ml_platform.lib.contract_draft import DraftError, draft_contract
 
     if task not in ("classification", "regression"):
@@ -42,3 +43,8 @@ def init_config(
         + ". Review the lines marked REVIEW.",
         highlight=False,
     )
+    try:
+        load_config(out)
+    except ConfigError as error:
+        # Written all the same: the review starts from it, and the loader's message says what to fix.
+        console.print(f"[yellow]warning:[/] the draft does not load as it is: {error}", highlight=False)

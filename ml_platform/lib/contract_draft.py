@@ -20,8 +20,9 @@ from ml_platform.lib.config import MODEL_TYPES_BY_TASK, Task
 
 # Text with at most this many distinct values is drafted as a category with its `allowed` labels.
 MAX_CATEGORY_LEVELS = 20
-# Names people give an id column: `id`, `customer_id`, `customerID`, `account_code`, `key`.
-ID_NAME = re.compile(r"(^|_|[a-z])(id|ID|Id|code|Code|key|Key)$|^(id|code|key)$", re.IGNORECASE)
+# Names people give an id column: `id`, `customer_id`, `CUSTOMER_ID`, `customerID`, `AccountCode`,
+# `key` (but not `paid` or `valid`).
+ID_NAME = re.compile(r"(^|_)(id|code|key|ID|CODE|KEY)$|[a-z0-9](ID|Id|Code|Key)$")
 CONTRACT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SNIFFED_TYPES = {
     "BOOLEAN": "boolean",
