@@ -371,15 +371,30 @@ def _first_lines_of(error: duckdb.Error) -> str:
 
 
 def _split_problems(con: duckdb.DuckDBPyConnection, data: DataConfig, training: TrainingConfig, rows: int) -> list[str]:
-    """A batch too small for its split: refused here, with the minimum, not in `training_data`."""
-    classes = None
+    """A batch too small for its split: refused here, with the minimum, not in `training_data`.
+
+    A stratified split also needs enough rows of its rarest class: scikit-learn refuses a class with
+    one row in the rows it splits. As many as an unstratified split needs in all (one row per part)
+    is enough for every share (checked against scikit-learn over test and validation shares of 0.1
+    to 0.7), and it is a rule a person can check by counting.
+    """
+    classes, problems = None, []
     if training.split.stratifies(data.task):
         target_type = SQL_TYPES[data.columns[data.target].type]
-        [classes] = con.execute(f'SELECT count(DISTINCT CAST("{data.target}" AS {target_type})) FROM landed').fetchone()
-    minimum = minimum_rows_to_split(training, classes)
-    if rows >= minimum:
-        return []
-    return [f"{rows} rows; at least {minimum} rows are needed to split {split_requirement(training, classes)}"]
+        counts = con.execute(
+            f'SELECT CAST("{data.target}" AS {target_type}), count(*) AS n FROM landed GROUP BY 1 ORDER BY n, 1'
+        ).fetchall()
+        classes, (rarest, rarest_rows) = len(counts), counts[0]
+        if rarest_rows < (per_class := minimum_rows_to_split(training, None)):
+            problems.append(
+                f"target '{data.target}': class {rarest!r} has {rarest_rows} row(s); each class needs at least "
+                f"{per_class} to split {split_requirement(training, classes)}"
+            )
+    if rows < (minimum := minimum_rows_to_split(training, classes)):
+        problems.append(
+            f"{rows} rows; at least {minimum} rows are needed to split {split_requirement(training, classes)}"
+        )
+    return problems
 
 
 def _contract_problems(con: duckdb.DuckDBPyConnection, data: DataConfig) -> list[str]:
