@@ -121,8 +121,7 @@ def split_train_test(
     Columns with `role: identifier` or `ignore` in the contract are kept in the rows, not in the features.
     """
     ordered = features.sort_values([*NON_FEATURE_COLUMNS, data.id_column], kind="stable").reset_index(drop=True)
-    not_features = {name for name, spec in data.columns.items() if spec.role != "feature"}
-    excluded = {data.target, data.id_column, *NON_FEATURE_COLUMNS, *not_features}
+    excluded = {data.target, data.id_column, *NON_FEATURE_COLUMNS, *role_excluded_columns(data)}
     feature_columns = [column for column in ordered.columns if column not in excluded]
     # Numbers go to the model as floats: an integer column with a null in one batch and none in
     # the next would otherwise change the registered model's input schema between batches.
@@ -147,6 +146,11 @@ def split_train_test(
     split = TrainTestSplit(train, test, data.target, feature_columns, data.id_column, provenance)
     assert_no_leak(split)
     return split
+
+
+def role_excluded_columns(data: DataConfig) -> list[str]:
+    """The contract's columns marked `role: identifier` or `ignore`: stored, never a model's input."""
+    return [name for name, spec in data.columns.items() if spec.role != "feature"]
 
 
 def carve_validation(split: TrainTestSplit, data: DataConfig, training: TrainingConfig) -> TrainTestSplit:
