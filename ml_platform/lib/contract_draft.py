@@ -17,6 +17,7 @@ from pathlib import Path
 import duckdb
 
 from ml_platform.lib.config import MODEL_TYPES_BY_TASK, Task
+from ml_platform.lib.ingestion import IDENTIFIER_LIKE_MIN_ROWS
 
 # Text with at most this many distinct values is drafted as a category with its `allowed` labels.
 MAX_CATEGORY_LEVELS = 20
@@ -24,17 +25,9 @@ MAX_CATEGORY_LEVELS = 20
 # `key` (but not `paid` or `valid`).
 ID_NAME = re.compile(r"(^|_)(id|code|key|ID|CODE|KEY)$|[a-z0-9](ID|Id|Code|Key)$")
 CONTRACT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-SNIFFED_TYPES = {
-    "BOOLEAN": "boolean",
-    "TINYINT": "integer",
-    "SMALLINT": "integer",
-    "INTEGER": "integer",
-    "BIGINT": "integer",
-    "HUGEINT": "integer",
-    "UBIGINT": "integer",
-    "DOUBLE": "float",
-    "FLOAT": "float",
-}
+# The sniffer's own candidates (auto_type_candidates) that the contract has a type for; DATE, TIME
+# and TIMESTAMP are drafted as text (with a note).
+SNIFFED_TYPES = {"BOOLEAN": "boolean", "BIGINT": "integer", "DOUBLE": "float"}
 
 
 class DraftError(ValueError):
@@ -206,7 +199,7 @@ def _draft_column(name: str, sniffed_type: str, stats: _Stats, rows: int, *, req
     elif sniffed == "string" and stats.labels and stats.distinct < rows:
         kind, allowed = "category", stats.labels
         notes.append("REVIEW: the labels in the sample; any other refuses a batch")
-    elif sniffed == "string" and stats.distinct == rows and not required:
+    elif sniffed == "string" and stats.distinct == rows >= IDENTIFIER_LIKE_MIN_ROWS and not required:
         role = "identifier"
         notes.append("REVIEW: unique per row, so kept out of the features")
     if stats.nulls and required:
