@@ -239,7 +239,9 @@ def run(
 
             source = batch_file(settings.incoming_dir(config), batch_id, config.data.file_format)
             # Refused with this file and config: it would be refused again. Naming the batch forces it.
-            if quarantine := batch_quarantine(instance, batch_id, source, ingestion_code_version(config.data)):
+            if quarantine := batch_quarantine(
+                instance, batch_id, source, ingestion_code_version(config.data, config.training)
+            ):
                 from rich.markup import escape
 
                 console.print(

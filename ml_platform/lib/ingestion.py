@@ -90,10 +90,11 @@ class BatchSummary:
 StoredDeliveries = Callable[[pd.DataFrame], Sequence[StoredDelivery]]
 
 
-def ingestion_code_version(data: DataConfig) -> str:
+def ingestion_code_version(data: DataConfig, training: TrainingConfig) -> str:
     """The code version of ingesting a batch of `data` (the `raw_batch` asset's): what a failed
-    ingestion records, so a changed contract or policy lets a quarantined batch run again."""
-    return code_version(data)
+    ingestion records, so a changed contract or policy lets a quarantined batch run again. With
+    `training`, whose split decides whether a batch has rows enough (`minimum_rows_to_split`)."""
+    return code_version(data, training)
 
 
 def file_content_hash(path: Path) -> str:

@@ -15,7 +15,7 @@ from ml_platform.resources.warehouse import WarehouseResource
 def build_ingestion_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
     """`raw_batch` for the config's data set and contract."""
     data = config.data
-    code_version = ingestion_code_version(data)
+    code_version = ingestion_code_version(data, config.training)
 
     @dg.asset(
         partitions_def=batch_partitions,
