@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from ml_platform.lib.config import DataConfig, TrainingConfig
-from ml_platform.lib.ingestion import BatchValidationError, ingest_batch, minimum_rows_to_split
+from ml_platform.lib.ingestion import BatchValidationError, ingest_batch, ingestion_code_version, minimum_rows_to_split
 from ml_platform.lib.training import carve_validation, split_train_test
 
 TELCO_CONTRACT = {
@@ -180,3 +180,9 @@ def test_a_class_with_fewer_rows_than_a_split_needs_is_refused_and_one_more_row_
         refused.value
     )
     assert split.train["SeniorCitizen"].sum() >= 1
+
+
+def test_a_changed_split_changes_the_ingestion_code_version_so_a_batch_refused_as_too_small_can_run_again(telco):
+    assert ingestion_code_version(telco, TrainingConfig(test_size=0.1)) != ingestion_code_version(
+        telco, TrainingConfig()
+    )
