@@ -180,7 +180,7 @@ def minimum_rows_to_split(training: TrainingConfig, classes: int | None) -> int:
     return rows
 
 
-def split_requirement(training: TrainingConfig, classes: int | None) -> str:
+def _split_requirement(training: TrainingConfig, classes: int | None) -> str:
     """The split `minimum_rows_to_split` is about, in words, for a message."""
     kind = f"with {classes} classes (stratified)" if classes else "(not stratified)"
     return f"test_size {training.test_size:g} and validation_size {training.validation_size:g} {kind}"
@@ -389,11 +389,11 @@ def _split_problems(con: duckdb.DuckDBPyConnection, data: DataConfig, training: 
         if rarest_rows < (per_class := minimum_rows_to_split(training, None)):
             problems.append(
                 f"target '{data.target}': class {rarest!r} has {rarest_rows} row(s); each class needs at least "
-                f"{per_class} to split {split_requirement(training, classes)}"
+                f"{per_class} to split {_split_requirement(training, classes)}"
             )
     if rows < (minimum := minimum_rows_to_split(training, classes)):
         problems.append(
-            f"{rows} rows; at least {minimum} rows are needed to split {split_requirement(training, classes)}"
+            f"{rows} rows; at least {minimum} rows are needed to split {_split_requirement(training, classes)}"
         )
     return problems
 
