@@ -336,6 +336,7 @@ def test_unquoted_yes_no_labels_are_refused_saying_yaml_read_them_as_booleans_an
         ({"strategy": "random", "time_column": "age"}, "time_column is required by strategy 'time', and only valid"),
         ({"strategy": "time", "time_column": "signup"}, "time_column 'signup' is not one of the contract's columns"),
         ({"strategy": "time", "time_column": "region"}, "'region' must be an integer or float column"),
+        ({"strategy": "time", "time_column": "age"}, "'age' must be nullable: false"),
     ],
 )
 def test_a_time_split_needs_a_number_column_of_the_contract(tmp_path, split, message):

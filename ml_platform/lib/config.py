@@ -235,6 +235,10 @@ def check_split_column(data: DataConfig, training: TrainingConfig) -> None:
             f"training.split.time_column {column!r} must be an integer or float column (it orders the rows), "
             f"it is {kind}"
         )
+    if data.columns[column].nullable:
+        raise ValueError(
+            f"training.split.time_column {column!r} must be nullable: false (a row needs a time to be placed)"
+        )
 
 
 class PromotionConfig(StrictModel):
