@@ -63,6 +63,10 @@ def one_class_target() -> bytes:
     return csv_bytes(good_frame().assign(churned=0))
 
 
+def two_rows_of_both_classes() -> bytes:
+    return csv_bytes(good_frame().head(2).assign(churned=[0, 1]))
+
+
 BAD_BATCHES: dict[str, tuple[Callable[[], bytes], list[str]]] = {
     "missing_column": (missing_column, ["missing column(s): monthly_charges"]),
     "wrong_type": (wrong_type, ["column 'tenure_months'", "expected integer", "data row 5", "'twelve'"]),
@@ -72,6 +76,10 @@ BAD_BATCHES: dict[str, tuple[Callable[[], bytes], list[str]]] = {
     "non_utf8_file": (non_utf8_file, ["not utf-8"]),
     "duplicate_ids": (duplicate_ids, ["column 'customer_id'", "expected unique ids", "data rows 11, 21"]),
     "one_class_target": (one_class_target, ["target 'churned'", "at least two classes"]),
+    "two_rows_of_both_classes": (
+        two_rows_of_both_classes,
+        ["2 rows; at least 7 rows are needed to split test_size 0.2 and validation_size 0.25 with 2 classes"],
+    ),
 }
 
 
@@ -140,3 +148,19 @@ def test_bad_replacement_of_a_stored_batch_keeps_the_stored_version(trained: Pla
     assert not result.success
     assert failure_message(result)[0] == "raw_batch"
     assert stored_state(trained) == before
+
+
+def test_blank_numbers_are_read_as_missing_and_counted_in_the_raw_batch_metadata(trained: PlatformUnderTest):
+    frame = good_frame().astype({"total_charges": object, "age": object})
+    frame.loc[[2, 8], "total_charges"] = " "
+    frame.loc[5, "age"] = "   "
+    trained.add_batch_file("blank_numbers", frame.to_csv(index=False, encoding="utf-8-sig").encode("utf-8-sig"))
+
+    result = trained.materialize("blank_numbers", selection=[dg.AssetKey("raw_batch")])
+
+    [materialization] = result.asset_materializations_for_node("raw_batch")
+    metadata = materialization.metadata
+    assert metadata["blank_numbers_read_as_missing"].value == 2 + 1 + int(
+        good_frame()[["total_charges", "age"]].isna().sum().sum()
+    )
+    assert "| age |" in metadata["null_counts"].value

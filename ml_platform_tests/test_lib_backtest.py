@@ -63,6 +63,12 @@ def test_model_inputs_leave_out_target_id_and_batch_id_and_give_numbers_as_float
     assert y.name == "churned" and len(y) == 50
 
 
+def test_model_inputs_leave_out_the_columns_the_contract_marks_as_not_features():
+    x, _ = model_inputs(batch(2, rows=20), CONFIG.data.target, CONFIG.data.id_column, role_excluded=["region"])
+
+    assert "region" not in x.columns and "tenure_months" in x.columns
+
+
 def test_a_batch_the_model_cannot_read_is_an_error_row_and_the_others_are_still_scored(model):
     batches = {
         "batch_0002": batch(2),

@@ -311,3 +311,44 @@ def test_a_config_that_is_not_yaml_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="expected a .yaml file"):
         load_experiment_config(path)
+
+
+def test_unquoted_yes_no_labels_are_refused_saying_yaml_read_them_as_booleans_and_to_quote_them(tmp_path):
+    path = tmp_path / "platform.yaml"
+    raw = default_raw()
+    raw["data"]["columns"]["region"] = "REGION"
+    path.write_text(
+        yaml.safe_dump(raw, sort_keys=False).replace("region: REGION", "region: {type: category, allowed: [No, Yes]}")
+    )
+
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+
+    assert "data.columns.region.allowed" in str(error.value)
+    assert "YAML read 2 label(s) of 'allowed' as a boolean (False, True)" in str(error.value)
+    assert 'allowed: ["No", "Yes"]' in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("split", "message"),
+    [
+        ({"strategy": "time"}, "time_column is required by strategy 'time'"),
+        ({"strategy": "random", "time_column": "age"}, "time_column is required by strategy 'time', and only valid"),
+        ({"strategy": "time", "time_column": "signup"}, "time_column 'signup' is not one of the contract's columns"),
+        ({"strategy": "time", "time_column": "region"}, "'region' must be an integer or float column"),
+        ({"strategy": "time", "time_column": "age"}, "'age' must be nullable: false"),
+    ],
+)
+def test_a_time_split_needs_a_number_column_of_the_contract(tmp_path, split, message):
+    raw = default_raw()
+    raw["training"]["split"] = split
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(write_config(tmp_path, raw))
+
+
+def test_a_time_split_on_a_number_column_loads(tmp_path):
+    raw = default_raw()
+    raw["training"]["split"] = {"strategy": "time", "time_column": "tenure_months"}
+
+    assert load_config(write_config(tmp_path, raw)).training.split.time_column == "tenure_months"

@@ -226,6 +226,7 @@ def test_the_split_records_how_its_held_out_rows_were_chosen(features, classific
         "split.test_size": "0.2",
         "split.validation_size": "0.25",
         "split.stratified": "True",
+        "split.strategy": "stratified",
         "split.held_out_rows": "200",
         "split.held_out_ids_sha256": provenance.held_out_ids_sha256,
     }
@@ -250,3 +251,39 @@ def test_an_id_delivered_in_two_batches_of_the_window_is_refused_at_split_time(f
 
     with pytest.raises(SplitLeakError, match=r"200 id\(s\) of 'customer_id' are in both the training and the held-out"):
         split_train_test(replayed, classification, TrainingConfig(), CURRENT)
+
+
+def test_a_time_split_holds_out_the_newest_rows_and_validates_on_the_next_newest(features, classification):
+    training = TrainingConfig(split={"strategy": "time", "time_column": "tenure_months"})
+
+    split = carve_validation(split_train_test(features, classification, training, CURRENT), classification, training)
+
+    current_train = split.train[split.train["batch_id"] == CURRENT]
+    assert current_train["tenure_months"].max() <= split.validation["tenure_months"].min()
+    assert split.validation["tenure_months"].max() <= split.test["tenure_months"].min()
+    assert len(split.test) == 200
+    assert split.provenance.strategy == "time"
+    assert split.provenance.stratified is False
+
+
+def test_a_random_split_ignores_the_classes_and_says_so(features, classification):
+    random = split_train_test(features, classification, TrainingConfig(split={"strategy": "random"}), CURRENT)
+    stratified = split_train_test(features, classification, TrainingConfig(), CURRENT)
+
+    assert ids(random.test) != ids(stratified.test)
+    assert (random.provenance.strategy, random.provenance.stratified) == ("random", False)
+
+
+def test_identifier_and_ignored_columns_are_kept_in_the_rows_but_not_in_the_features(features, classification):
+    columns = {
+        **classification.columns,
+        "region": classification.columns["region"].model_copy(update={"role": "identifier"}),
+        "age": classification.columns["age"].model_copy(update={"role": "ignore"}),
+    }
+    data = classification.model_copy(update={"columns": columns})
+
+    split = split_train_test(features, data, TrainingConfig(), CURRENT)
+
+    assert {"region", "age"}.isdisjoint(split.feature_columns)
+    assert {"region", "age"} <= set(split.train.columns)
+    assert "tenure_months" in split.feature_columns

@@ -22,6 +22,7 @@ from rich.table import Table
 from ml_platform.cli.cluster import cluster_app, use_cluster
 from ml_platform.cli.common import console, dagster_instance, fail, load_platform_config
 from ml_platform.cli.experiments import experiment_app, experiments_app
+from ml_platform.cli.init_config import init_config
 from ml_platform.cli.models import models_app
 from ml_platform.cli.schedules import schedules_app
 from ml_platform.cli.status import status
@@ -39,6 +40,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(schedules_app, name="schedules")
 app.command("status")(status)
 app.command("tune")(tune)
+app.command("init-config")(init_config)
 app.command("ui")(ui)
 
 
@@ -239,7 +241,9 @@ def run(
 
             source = batch_file(settings.incoming_dir(config), batch_id, config.data.file_format)
             # Refused with this file and config: it would be refused again. Naming the batch forces it.
-            if quarantine := batch_quarantine(instance, batch_id, source, ingestion_code_version(config.data)):
+            if quarantine := batch_quarantine(
+                instance, batch_id, source, ingestion_code_version(config.data, config.training)
+            ):
                 from rich.markup import escape
 
                 console.print(

@@ -83,7 +83,7 @@ def quarantined_batches(instance, settings: Settings, batches: list[str]) -> lis
     from ml_platform.lib.ingestion import ingestion_code_version
 
     config = load_platform_config(settings)
-    incoming, version = settings.incoming_dir(config), ingestion_code_version(config.data)
+    incoming, version = settings.incoming_dir(config), ingestion_code_version(config.data, config.training)
     found = []
     for batch in batches:
         source = batch_file(incoming, batch, config.data.file_format)

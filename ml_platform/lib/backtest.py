@@ -10,7 +10,7 @@ Dagster-free: `ml_platform.defs.evaluation.backtest` loads the model and the bat
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +129,7 @@ def run_backtest(
     metric: str,
     mode: str,
     relative_tolerance: float = DEFAULT_RELATIVE_TOLERANCE,
+    role_excluded: Collection[str] = (),
 ) -> BacktestResult:
     """Score `model` on each batch's features, in the mapping's order, and fit the trend.
 
@@ -141,7 +142,8 @@ def run_backtest(
     if metric not in METRIC_DIRECTIONS[task]:
         raise ValueError(f"{metric!r} is not a {task} metric; allowed: {', '.join(METRIC_DIRECTIONS[task])}")
     rows = tuple(
-        _score_batch(model, batch_id, features, task, target, id_column) for batch_id, features in batches.items()
+        _score_batch(model, batch_id, features, task, target, id_column, role_excluded)
+        for batch_id, features in batches.items()
     )
     points = [
         (position, row.metrics[metric])
@@ -151,21 +153,26 @@ def run_backtest(
     return BacktestResult(task, metric, mode, rows, trend(points, mode, relative_tolerance))
 
 
-def model_inputs(features: pd.DataFrame, target: str, id_column: str) -> tuple[pd.DataFrame, pd.Series]:
+def model_inputs(
+    features: pd.DataFrame, target: str, id_column: str, role_excluded: Collection[str] = ()
+) -> tuple[pd.DataFrame, pd.Series]:
     """(x, y) from a batch's `features` table, as `split_train_test` builds them for training:
-    every column but the target, the id and the bookkeeping ones, numbers as floats."""
+    every column but the target, the id, the bookkeeping ones and `role_excluded`
+    (`role_excluded_columns`), numbers as floats."""
     if target not in features.columns:
         raise KeyError(f"no target column {target!r} in the batch's features")
-    excluded = {target, id_column, *NON_FEATURE_COLUMNS}
+    excluded = {target, id_column, *NON_FEATURE_COLUMNS, *role_excluded}
     x = features[[column for column in features.columns if column not in excluded]].copy()
     numeric = [column for column in x.columns if pd.api.types.is_numeric_dtype(x[column])]
     x[numeric] = x[numeric].astype("float64")
     return x, features[target]
 
 
-def _score_batch(model, batch_id: str, features: pd.DataFrame, task: str, target: str, id_column: str) -> BatchScore:
+def _score_batch(
+    model, batch_id: str, features: pd.DataFrame, task: str, target: str, id_column: str, role_excluded: Collection[str]
+) -> BatchScore:
     try:
-        x, y = model_inputs(features, target, id_column)
+        x, y = model_inputs(features, target, id_column, role_excluded)
         if x.empty:
             raise ValueError("the batch has no rows")
         metrics = score(task, model, x, y)

@@ -16,7 +16,16 @@ from typing import Annotated, Any, Literal
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Task = Literal["classification", "regression"]
 
@@ -36,6 +45,21 @@ class ColumnSpec(StrictModel):
     allowed: list[str] | None = None
     min: float | None = None
     max: float | None = None
+    # identifier (a code such as a customer number) and ignore (any other column a model must not
+    # use, e.g. free text) are stored and checked like every column, but never given to a model.
+    role: Literal["feature", "identifier", "ignore"] = "feature"
+
+    @field_validator("allowed", mode="before")
+    @classmethod
+    def _labels_yaml_read_as_booleans(cls, value: Any) -> Any:
+        """YAML 1.1 reads unquoted No/Yes/on/off as booleans: say so, instead of pydantic's
+        "Input should be a valid string", which gives no hint of the fix."""
+        if isinstance(value, list) and (booleans := [item for item in value if isinstance(item, bool)]):
+            raise ValueError(
+                f"YAML read {len(booleans)} label(s) of 'allowed' as a boolean ({', '.join(map(str, booleans))}): "
+                'quote labels such as No/Yes/on/off, e.g. allowed: ["No", "Yes"]'
+            )
+        return value
 
     @model_validator(mode="after")
     def _allowed_only_for_categories(self) -> ColumnSpec:
@@ -255,6 +279,25 @@ def validate_model_params(model_type: str, params: dict[str, Any]) -> dict[str, 
 # ---------------------------------------------------------------- training, promotion, tracking
 
 
+class SplitConfig(StrictModel):
+    """How the current batch's rows are divided into training, validation and held-out rows."""
+
+    # stratified: seeded, keeping the classes' shares (a regression target has no classes: random);
+    # random: seeded, ignoring the classes; time: the newest rows by `time_column` are held out
+    # (and the newest training rows validate), as a model meets the future.
+    strategy: Literal["stratified", "random", "time"] = "stratified"
+    time_column: str | None = None
+
+    @model_validator(mode="after")
+    def _time_needs_its_column(self) -> SplitConfig:
+        if (self.strategy == "time") != (self.time_column is not None):
+            raise ValueError("time_column is required by strategy 'time', and only valid with it")
+        return self
+
+    def stratifies(self, task: str) -> bool:
+        return task == "classification" and self.strategy == "stratified"
+
+
 class TrainingConfig(StrictModel):
     test_size: Annotated[float, Field(gt=0, lt=1)] = 0.2
     # Of the batch's training rows, the share the candidates are compared on to pick the winner
@@ -262,6 +305,26 @@ class TrainingConfig(StrictModel):
     validation_size: Annotated[float, Field(gt=0, lt=1)] = 0.25
     window: Literal["batch", "cumulative"] = "batch"
     random_state: int = 42
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+
+def check_split_column(data: DataConfig, training: TrainingConfig) -> None:
+    """A time split orders rows by a column of the contract that holds numbers (epoch seconds, a
+    yyyymmdd date, a period number): text would sort '10' before '9'."""
+    column = training.split.time_column
+    if column is None:
+        return
+    if column not in data.columns:
+        raise ValueError(f"training.split.time_column {column!r} is not one of the contract's columns")
+    if (kind := data.columns[column].type) not in ("integer", "float"):
+        raise ValueError(
+            f"training.split.time_column {column!r} must be an integer or float column (it orders the rows), "
+            f"it is {kind}"
+        )
+    if data.columns[column].nullable:
+        raise ValueError(
+            f"training.split.time_column {column!r} must be nullable: false (a row needs a time to be placed)"
+        )
 
 
 class PromotionConfig(StrictModel):
@@ -396,6 +459,7 @@ class PlatformConfig(StrictModel):
 
     @model_validator(mode="after")
     def _models_fit_the_task(self) -> PlatformConfig:
+        check_split_column(self.data, self.training)
         if not self.models:
             raise ValueError("'models' must name at least one model")
         allowed = MODEL_TYPES_BY_TASK[self.data.task]
@@ -475,6 +539,7 @@ class ExperimentConfig(StrictModel):
 
     @model_validator(mode="after")
     def _model_fits_the_task(self) -> ExperimentConfig:
+        check_split_column(self.data, self.training)
         allowed = MODEL_TYPES_BY_TASK[self.data.task]
         if self.model.type not in allowed:
             raise ValueError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +22,7 @@ import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
 
-from ml_platform.lib.config import ColumnSpec, DataConfig, code_version
+from ml_platform.lib.config import ColumnSpec, DataConfig, TrainingConfig, code_version
 from ml_platform.lib.redelivery import StoredDelivery, decide_redelivery
 from ml_platform.lib.warehouse import DELIVERY_TABLE
 
@@ -33,6 +34,9 @@ SQL_TYPES = {
     "boolean": "BOOLEAN",
 }
 MAX_PROBLEMS = 20
+NUMERIC_TYPES = ("integer", "float")
+# A text column unique per row in a batch this large is most likely an identifier, not a feature.
+IDENTIFIER_LIKE_MIN_ROWS = 20
 
 
 class BatchRejected(ValueError):
@@ -71,6 +75,10 @@ class BatchSummary:
     columns: list[str]
     content_hash: str
     null_counts: dict[str, int] = field(default_factory=dict)
+    # Fields of integer and float columns that were empty or only spaces: read as missing values.
+    blank_counts: dict[str, int] = field(default_factory=dict)
+    # Text feature columns unique per row: identifiers a model would learn nothing general from.
+    identifier_like_columns: tuple[str, ...] = ()
     # What the re-delivery rule did (`ingest_delivery`): rows left out or replacing others', and why.
     dropped_rows: int = 0
     replacing_rows: int = 0
@@ -82,10 +90,11 @@ class BatchSummary:
 StoredDeliveries = Callable[[pd.DataFrame], Sequence[StoredDelivery]]
 
 
-def ingestion_code_version(data: DataConfig) -> str:
+def ingestion_code_version(data: DataConfig, training: TrainingConfig) -> str:
     """The code version of ingesting a batch of `data` (the `raw_batch` asset's): what a failed
-    ingestion records, so a changed contract or policy lets a quarantined batch run again."""
-    return code_version(data)
+    ingestion records, so a changed contract or policy lets a quarantined batch run again. With
+    `training`, whose split decides whether a batch has rows enough (`minimum_rows_to_split`)."""
+    return code_version(data, training)
 
 
 def file_content_hash(path: Path) -> str:
@@ -98,10 +107,16 @@ def file_content_hash(path: Path) -> str:
 
 
 def ingest_batch(
-    path: Path, data: DataConfig, con: duckdb.DuckDBPyConnection, table: str = "raw_batch"
+    path: Path,
+    data: DataConfig,
+    con: duckdb.DuckDBPyConnection,
+    table: str = "raw_batch",
+    training: TrainingConfig | None = None,
 ) -> BatchSummary:
     """Validate the batch file at `path` and create `table` in `con` with the contract's types.
 
+    Padding is stripped from every field first, and a blank number is a missing value. With
+    `training`, a batch with too few rows for its split (`minimum_rows_to_split`) is refused too.
     Raises BatchValidationError, before `table` exists, on any breach of the contract.
     """
     if not path.is_file():
@@ -111,12 +126,14 @@ def ingest_batch(
 
     header = _read_header(path, data)
     _check_header(path, header, data)
-    _land(path, header, con, data)
+    text_columns = _land(path, header, con, data)
     try:
         rows = con.execute("SELECT count(*) FROM landed").fetchone()[0]
         if rows == 0:
             raise BatchValidationError(path, ["file has a header but no data rows"])
         problems = _contract_problems(con, data)
+        if training is not None and not problems:
+            problems = _split_problems(con, data, training, rows)
         if problems:
             raise BatchValidationError(path, problems)
         casts = ", ".join(
@@ -125,16 +142,74 @@ def ingest_batch(
         con.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT {casts} FROM landed ORDER BY _row')
     finally:
         con.execute("DROP TABLE IF EXISTS landed")
+    null_counts = _null_counts(con, data, table)
     return BatchSummary(
         rows=rows,
         columns=list(data.columns),
         content_hash=file_content_hash(path),
-        null_counts=_null_counts(con, data, table),
+        null_counts=null_counts,
+        # A number read as text is missing only where it was blank: anything else failed the rules.
+        blank_counts={
+            name: null_counts[name]
+            for name, spec in data.columns.items()
+            if spec.type in NUMERIC_TYPES and name in text_columns
+        },
+        identifier_like_columns=identifier_like_columns(con, data, table, rows),
     )
 
 
+def minimum_rows_to_split(training: TrainingConfig, classes: int | None) -> int:
+    """The fewest rows of a batch that `split_train_test` and then `carve_validation` can divide.
+
+    Computed with scikit-learn's own arithmetic (a part's size is `ceil(share * rows)`, the rest
+    the other part). A stratified split (`classes` given) needs at least one row of each class in
+    every part; any other split needs one row per part. A batch below it would pass the contract
+    and then fail in `training_data` with scikit-learn's message, which names none of this.
+    """
+    per_part = classes or 1
+
+    def divisible(rows: int) -> bool:
+        held_out = math.ceil(training.test_size * rows)
+        training_rows = rows - held_out
+        validation = math.ceil(training.validation_size * training_rows)
+        return min(held_out, validation, training_rows - validation) >= per_part
+
+    rows = 2 * per_part
+    while not divisible(rows):  # ends: both shares are below 1, so large enough batches divide
+        rows += 1
+    return rows
+
+
+def _split_requirement(training: TrainingConfig, classes: int | None) -> str:
+    """The split `minimum_rows_to_split` is about, in words, for a message."""
+    kind = f"with {classes} classes (stratified)" if classes else "(not stratified)"
+    return f"test_size {training.test_size:g} and validation_size {training.validation_size:g} {kind}"
+
+
+def identifier_like_columns(con: duckdb.DuckDBPyConnection, data: DataConfig, table: str, rows: int) -> tuple[str, ...]:
+    """Text feature columns with a different value in every row of a batch of at least
+    IDENTIFIER_LIKE_MIN_ROWS: a customer code one-hot encoded is one level per row, noise to a model
+    (mark it `role: identifier`). A warning, not a refusal: the contract allows it."""
+    candidates = [
+        name
+        for name, spec in data.columns.items()
+        if spec.type == "string" and spec.role == "feature" and name not in (data.id_column, data.target)
+    ]
+    if rows < IDENTIFIER_LIKE_MIN_ROWS or not candidates:
+        return ()
+    distinct = con.execute(
+        "SELECT " + ", ".join(f'count(DISTINCT "{name}")' for name in candidates) + f' FROM "{table}"'
+    ).fetchone()
+    return tuple(name for name, count in zip(candidates, distinct, strict=True) if count == rows)
+
+
 def ingest_delivery(
-    path: Path, data: DataConfig, con: duckdb.DuckDBPyConnection, batch_id: str, stored: StoredDeliveries
+    path: Path,
+    data: DataConfig,
+    con: duckdb.DuckDBPyConnection,
+    batch_id: str,
+    stored: StoredDeliveries,
+    training: TrainingConfig | None = None,
 ) -> BatchSummary:
     """`ingest_batch` into `raw_batch`, then the re-delivery rule against the other stored batches
     (`stored`), then the batch's delivery record (`batch_delivery`) beside its rows.
@@ -143,7 +218,7 @@ def ingest_delivery(
     delivered, or (policy reject) whose ids other batches delivered; under policy drop those rows are
     left out, under update they are kept and replace the others' where batches are read together.
     """
-    summary = ingest_batch(path, data, con)
+    summary = ingest_batch(path, data, con, training=training)
     incoming_ids = con.execute(f'SELECT "{data.id_column}" AS id FROM raw_batch').df()
     decision = decide_redelivery(
         source=str(path),
@@ -193,6 +268,14 @@ def ingest_delivery(
     return summary
 
 
+def identifier_like_warning(columns: Sequence[str]) -> str:
+    """What `identifier_like_columns` found, and what to do about it."""
+    return (
+        f"text column(s) {', '.join(columns)} hold a different value in every row and are used as features: "
+        "if they identify rows (a customer code), mark them `role: identifier` in the data contract"
+    )
+
+
 def _null_counts(con: duckdb.DuckDBPyConnection, data: DataConfig, table: str) -> dict[str, int]:
     null_sums = ", ".join(f'count(*) - count("{name}")' for name in data.columns)
     counts = con.execute(f'SELECT {null_sums} FROM "{table}"').fetchone()
@@ -209,7 +292,8 @@ def _read_header(path: Path, data: DataConfig) -> list[str]:
     with path.open("rb") as handle:
         first_line = handle.readline()
     try:
-        return next(csv.reader([first_line.decode("utf-8")]))
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which is not part of the name.
+        return next(csv.reader([first_line.decode("utf-8-sig")]))
     except UnicodeDecodeError as error:
         raise BatchValidationError(
             path, [f"header is not UTF-8 text (byte {error.start}: {error.reason}); expected a UTF-8 CSV"]
@@ -231,8 +315,9 @@ def _check_header(path: Path, header: list[str], data: DataConfig) -> None:
         raise BatchValidationError(path, problems + [f"expected columns: {', '.join(data.columns)}"])
 
 
-def _land(path: Path, header: list[str], con: duckdb.DuckDBPyConnection, data: DataConfig) -> None:
-    """Copy the file into the temporary table `landed`, with its data row number in `_row`."""
+def _land(path: Path, header: list[str], con: duckdb.DuckDBPyConnection, data: DataConfig) -> set[str]:
+    """Copy the file into the temporary table `landed`, with its data row number in `_row`, padding
+    stripped and blank numbers missing (`_stripped`); return the columns that were read as text."""
     if data.file_format == "parquet":
         source = "read_parquet(?)"
     else:
@@ -244,9 +329,36 @@ def _land(path: Path, header: list[str], con: duckdb.DuckDBPyConnection, data: D
             f"strict_mode=true, null_padding=false, columns={columns})"
         )
     try:
-        con.execute(f"CREATE TEMP TABLE landed AS SELECT row_number() OVER () AS _row, * FROM {source}", [str(path)])
+        text = {
+            name
+            for name, kind in con.execute(
+                f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {source})", [str(path)]
+            ).fetchall()
+            if kind == "VARCHAR"
+        }
+        selected = ", ".join(_stripped(name, data.columns[name]) if name in text else f'"{name}"' for name in header)
+        con.execute(
+            f"CREATE TEMP TABLE landed AS SELECT row_number() OVER () AS _row, {selected} FROM {source}", [str(path)]
+        )
     except duckdb.Error as error:
         raise BatchValidationError(path, [_first_lines_of(error)]) from None
+    return text
+
+
+def _stripped(name: str, spec: ColumnSpec) -> str:
+    """A text field without its padding, and a blank number or boolean missing.
+
+    Stripped before the rules, so `" Yes "` is the allowed `Yes` and `" 12 "` the integer 12, and
+    in the stored table, so a model never sees two spellings of one value. Exports write a missing
+    number as an empty or a space-only field (`TotalCharges` in the well-known churn export): that
+    is NULL, and `nullable` decides whether it is allowed. A string or category keeps an empty
+    value (then `allowed` or the data decide).
+    """
+    # trim() without a character list: spaces only, and twice as fast as with one.
+    stripped = f'trim("{name}")'
+    if spec.type not in ("string", "category"):
+        stripped = f"nullif({stripped}, '')"
+    return f'{stripped} AS "{name}"'
 
 
 def _first_lines_of(error: duckdb.Error) -> str:
@@ -257,6 +369,33 @@ def _first_lines_of(error: duckdb.Error) -> str:
             break
         lines.append(line.strip())
     return " ".join(lines)
+
+
+def _split_problems(con: duckdb.DuckDBPyConnection, data: DataConfig, training: TrainingConfig, rows: int) -> list[str]:
+    """A batch too small for its split: refused here, with the minimum, not in `training_data`.
+
+    A stratified split also needs enough rows of its rarest class: scikit-learn refuses a class with
+    one row in the rows it splits. As many as an unstratified split needs in all (one row per part)
+    is enough for every share (checked against scikit-learn over test and validation shares of 0.1
+    to 0.7), and it is a rule a person can check by counting.
+    """
+    classes, problems = None, []
+    if training.split.stratifies(data.task):
+        target_type = SQL_TYPES[data.columns[data.target].type]
+        counts = con.execute(
+            f'SELECT CAST("{data.target}" AS {target_type}), count(*) AS n FROM landed GROUP BY 1 ORDER BY n, 1'
+        ).fetchall()
+        classes, (rarest, rarest_rows) = len(counts), counts[0]
+        if rarest_rows < (per_class := minimum_rows_to_split(training, None)):
+            problems.append(
+                f"target '{data.target}': class {rarest!r} has {rarest_rows} row(s); each class needs at least "
+                f"{per_class} to split {_split_requirement(training, classes)}"
+            )
+    if rows < (minimum := minimum_rows_to_split(training, classes)):
+        problems.append(
+            f"{rows} rows; at least {minimum} rows are needed to split {_split_requirement(training, classes)}"
+        )
+    return problems
 
 
 def _contract_problems(con: duckdb.DuckDBPyConnection, data: DataConfig) -> list[str]:

@@ -53,6 +53,7 @@ class SplitProvenance:
     test_size: float
     validation_size: float
     stratified: bool
+    strategy: str
     held_out_rows: int
     held_out_ids_sha256: str
 
@@ -110,15 +111,17 @@ class TrainTestSplit:
 def split_train_test(
     features: pd.DataFrame, data: DataConfig, training: TrainingConfig, current_batch: str
 ) -> TrainTestSplit:
-    """Seeded split of `current_batch`'s rows (stratified by the target for classification); rows
-    of earlier batches in a cumulative window all go to training.
+    """Split of `current_batch`'s rows by `training.split`: seeded and stratified by the target
+    (classification, the default), seeded at random, or by time (the newest rows held out); rows of
+    earlier batches in a cumulative window all go to training.
 
     The held-out rows are therefore always new data from this batch: no candidate has trained on
     them, and neither has a champion trained on earlier batches, so comparing them is fair.
     Rows are sorted by id first so the split depends on the data, not on the order it was read in.
+    Columns with `role: identifier` or `ignore` in the contract are kept in the rows, not in the features.
     """
     ordered = features.sort_values([*NON_FEATURE_COLUMNS, data.id_column], kind="stable").reset_index(drop=True)
-    excluded = {data.target, data.id_column, *NON_FEATURE_COLUMNS}
+    excluded = {data.target, data.id_column, *NON_FEATURE_COLUMNS, *role_excluded_columns(data)}
     feature_columns = [column for column in ordered.columns if column not in excluded]
     # Numbers go to the model as floats: an integer column with a null in one batch and none in
     # the next would otherwise change the registered model's input schema between batches.
@@ -127,11 +130,7 @@ def split_train_test(
     is_current = ordered["batch_id"] == current_batch
     if not is_current.any():
         raise ValueError(f"no rows of batch {current_batch!r} among the features to split")
-    current = ordered[is_current]
-    stratify = current[data.target] if data.task == "classification" else None
-    train, test = train_test_split(
-        current, test_size=training.test_size, random_state=training.random_state, stratify=stratify
-    )
+    train, test = _divide(ordered[is_current], training.test_size, data, training)
     train = pd.concat([ordered[~is_current], train]).reset_index(drop=True)
     test = test.reset_index(drop=True)
     provenance = SplitProvenance(
@@ -139,7 +138,8 @@ def split_train_test(
         seed=training.random_state,
         test_size=training.test_size,
         validation_size=0.0,
-        stratified=stratify is not None,
+        stratified=training.split.stratifies(data.task),
+        strategy=training.split.strategy,
         held_out_rows=len(test),
         held_out_ids_sha256=ids_hash(test[data.id_column]),
     )
@@ -148,25 +148,39 @@ def split_train_test(
     return split
 
 
+def role_excluded_columns(data: DataConfig) -> list[str]:
+    """The contract's columns marked `role: identifier` or `ignore`: stored, never a model's input."""
+    return [name for name, spec in data.columns.items() if spec.role != "feature"]
+
+
 def carve_validation(split: TrainTestSplit, data: DataConfig, training: TrainingConfig) -> TrainTestSplit:
     """Move `training.validation_size` of the current batch's training rows into a validation part.
 
     The candidates are compared on these rows to pick a winner, so that the held-out rows stay
     untouched for the promotion gate: picking the best of several on the rows that then judge it
     against the champion would flatter the winner (the best of three noisy scores is biased up).
-    Taken from the current batch only, seeded and stratified like the held-out split.
+    Taken from the current batch only, the way the held-out rows were (under a time split, the
+    newest training rows validate).
     """
     provenance = replace(split.provenance, validation_size=training.validation_size)
     is_current = split.train["batch_id"] == split.provenance.batch
-    current = split.train[is_current]
-    stratify = current[data.target] if data.task == "classification" else None
-    fit, validation = train_test_split(
-        current, test_size=training.validation_size, random_state=training.random_state, stratify=stratify
-    )
+    fit, validation = _divide(split.train[is_current], training.validation_size, data, training)
     train = pd.concat([split.train[~is_current], fit]).reset_index(drop=True)
     carved = replace(split, train=train, validation=validation.reset_index(drop=True), provenance=provenance)
     assert_no_leak(carved)
     return carved
+
+
+def _divide(
+    rows: pd.DataFrame, share: float, data: DataConfig, training: TrainingConfig
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`rows` as (the rest, `share` of them) by the configured strategy."""
+    if training.split.strategy == "time":
+        # Stable on the id order the rows arrive in, so rows of one time have a fixed order too.
+        by_time = rows.sort_values(training.split.time_column, kind="stable")
+        return train_test_split(by_time, test_size=share, shuffle=False)
+    stratify = rows[data.target] if training.split.stratifies(data.task) else None
+    return train_test_split(rows, test_size=share, random_state=training.random_state, stratify=stratify)
 
 
 def ids_hash(ids: pd.Series) -> str:

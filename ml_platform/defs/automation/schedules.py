@@ -102,7 +102,7 @@ def _stale_batches_schedule(
     description: str,
 ) -> dg.ScheduleDefinition:
     incoming_dir = settings.incoming_dir(config)
-    ingestion_version = ingestion_code_version(config.data)
+    ingestion_version = ingestion_code_version(config.data, config.training)
 
     @dg.schedule(
         name=name,

@@ -20,7 +20,7 @@ THROUGH_PIPELINE_KEY = dg.AssetKey("champion_model")
 def build_new_batch_sensor(config: PlatformConfig, settings: Settings) -> dg.SensorDefinition:
     spec = config.automation.new_batch_sensor
     incoming_dir = settings.incoming_dir(config)
-    ingestion_version = ingestion_code_version(config.data)
+    ingestion_version = ingestion_code_version(config.data, config.training)
 
     @dg.sensor(
         name="new_batch_sensor",

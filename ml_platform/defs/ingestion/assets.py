@@ -8,14 +8,14 @@ from ml_platform.defs.ingestion.quarantine import content_hash_of, rejection_obs
 from ml_platform.defs.partitions import batch_partitions
 from ml_platform.lib.batches import batch_file
 from ml_platform.lib.config import PlatformConfig
-from ml_platform.lib.ingestion import BatchRejected, ingest_delivery, ingestion_code_version
+from ml_platform.lib.ingestion import BatchRejected, identifier_like_warning, ingest_delivery, ingestion_code_version
 from ml_platform.resources.warehouse import WarehouseResource
 
 
 def build_ingestion_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
     """`raw_batch` for the config's data set and contract."""
     data = config.data
-    code_version = ingestion_code_version(data)
+    code_version = ingestion_code_version(data, config.training)
 
     @dg.asset(
         partitions_def=batch_partitions,
@@ -36,7 +36,12 @@ def build_ingestion_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
                 summary = store.replace_batch(
                     batch,
                     lambda con: ingest_delivery(
-                        source, data, con, batch, lambda ids: store.stored_deliveries(ids, data.id_column, batch)
+                        source,
+                        data,
+                        con,
+                        batch,
+                        lambda ids: store.stored_deliveries(ids, data.id_column, batch),
+                        training=config.training,
                     ),
                 )
         except BatchRejected as error:
@@ -45,8 +50,11 @@ def build_ingestion_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
         context.log.info(f"Ingested {summary.rows} rows of {source} (sha256 {summary.content_hash[:12]})")
         if summary.redelivery_warning:
             context.log.warning(f"{source}: {summary.redelivery_warning}")
+        if summary.identifier_like_columns:
+            context.log.warning(f"{source}: {identifier_like_warning(summary.identifier_like_columns)}")
         null_rows = "\n".join(
-            f"| {column} | {count} | {count / summary.rows:.2%} |" for column, count in summary.null_counts.items()
+            f"| {column} | {count} | {count / summary.rows:.2%} | {summary.blank_counts.get(column, '')} |"
+            for column, count in summary.null_counts.items()
         )
         return dg.MaterializeResult(
             metadata={
@@ -55,12 +63,20 @@ def build_ingestion_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
                 "content_hash": summary.content_hash,
                 "source_file": dg.MetadataValue.path(str(source)),
                 "warehouse_database": dg.MetadataValue.path(str(store.batch_database(batch))),
-                "null_counts": dg.MetadataValue.md("| column | nulls | rate |\n|---|---|---|\n" + null_rows),
+                "null_counts": dg.MetadataValue.md(
+                    "| column | nulls | rate | of them blank numbers |\n|---|---|---|---|\n" + null_rows
+                ),
+                "blank_numbers_read_as_missing": sum(summary.blank_counts.values()),
                 "redelivered_ids": data.redelivered_ids,
                 "dropped_redelivered_rows": summary.dropped_rows,
                 "replacing_rows": summary.replacing_rows,
                 **({"redelivered_from": ", ".join(summary.redelivered_from)} if summary.redelivered_from else {}),
                 **({"redelivery_warning": summary.redelivery_warning} if summary.redelivery_warning else {}),
+                **(
+                    {"identifier_like_columns": identifier_like_warning(summary.identifier_like_columns)}
+                    if summary.identifier_like_columns
+                    else {}
+                ),
             },
             data_version=dg.DataVersion(summary.content_hash),
         )
