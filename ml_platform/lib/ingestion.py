@@ -312,7 +312,11 @@ def _rules(name: str, spec: ColumnSpec) -> list[tuple[str, str]]:
         rules.append((f"{column} IS NOT NULL AND NOT coalesce({finite}, false)", "finite float values"))
     elif sql_type != "VARCHAR":
         rules.append((f"{column} IS NOT NULL AND {typed} IS NULL", f"{spec.type} values"))
-    if spec.allowed is not None:
+    if spec.allowed is not None and spec.type == "integer":
+        # Compared as numbers: ' 2' and '2.0' are the value 2.
+        allowed = ", ".join(str(value) for value in spec.allowed)
+        rules.append((f"{typed} IS NOT NULL AND {typed} NOT IN ({allowed})", f"one of {spec.allowed}"))
+    elif spec.allowed is not None:
         allowed = ", ".join("'" + value.replace("'", "''") + "'" for value in spec.allowed)
         rules.append((f"{column} IS NOT NULL AND {column} NOT IN ({allowed})", f"one of {spec.allowed}"))
     if spec.min is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import time
 from dataclasses import dataclass, field, replace
 
@@ -128,7 +129,7 @@ def split_train_test(
     if not is_current.any():
         raise ValueError(f"no rows of batch {current_batch!r} among the features to split")
     current = ordered[is_current]
-    stratify = current[data.target] if data.task == "classification" else None
+    stratify = stratification(current[data.target], training.test_size) if data.task == "classification" else None
     train, test = train_test_split(
         current, test_size=training.test_size, random_state=training.random_state, stratify=stratify
     )
@@ -159,7 +160,9 @@ def carve_validation(split: TrainTestSplit, data: DataConfig, training: Training
     provenance = replace(split.provenance, validation_size=training.validation_size)
     is_current = split.train["batch_id"] == split.provenance.batch
     current = split.train[is_current]
-    stratify = current[data.target] if data.task == "classification" else None
+    stratify = (
+        stratification(current[data.target], training.validation_size) if data.task == "classification" else None
+    )
     fit, validation = train_test_split(
         current, test_size=training.validation_size, random_state=training.random_state, stratify=stratify
     )
@@ -167,6 +170,22 @@ def carve_validation(split: TrainTestSplit, data: DataConfig, training: Training
     carved = replace(split, train=train, validation=validation.reset_index(drop=True), provenance=provenance)
     assert_no_leak(carved)
     return carved
+
+
+def stratification(y: pd.Series, test_size: float) -> pd.Series | None:
+    """The labels to stratify a split of `y` by, or None for a plain seeded shuffle when they cannot be.
+
+    Stratifying keeps each class's share in both parts, which matters most for a rare class; but
+    scikit-learn refuses it for a class with a single row, or when the smaller part has fewer rows
+    than there are classes. A rare class must not crash the batch: the split is then not
+    stratified (recorded in `SplitProvenance.stratified`), and a class that lands only on one side
+    is reported as unseen in training (`labels_unseen_in_training`).
+    """
+    counts = y.value_counts()
+    smaller_part = min(math.ceil(test_size * len(y)), len(y) - math.ceil(test_size * len(y)))
+    if counts.min() < 2 or smaller_part < len(counts):
+        return None
+    return y
 
 
 def ids_hash(ids: pd.Series) -> str:

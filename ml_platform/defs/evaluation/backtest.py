@@ -108,7 +108,14 @@ def build_backtest_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
         model = mlflow.store.load_model(f"models:/{model_name}/{plan.version}")
         features = {batch_id: warehouse.warehouse.read_table([batch_id], "features") for batch_id in plan.batches}
         result = run_backtest(
-            model, features, task=data.task, target=data.target, id_column=data.id_column, metric=metric, mode=mode
+            model,
+            features,
+            task=data.task,
+            target=data.target,
+            id_column=data.id_column,
+            metric=metric,
+            mode=mode,
+            classes=data.classes,
         )
         report = {
             "registered_model": model_name,
