@@ -358,7 +358,8 @@ def _binary_on_counts(metric: str, actual: np.ndarray, predicted: np.ndarray, co
     true_positive = counts @ (actual & predicted).astype(float)
     predicted_count = counts @ predicted.astype(float)
     actual_count = counts @ actual.astype(float)
-    denominator = {"precision": predicted_count, "recall": actual_count, "f1": (predicted_count + actual_count) / 2}[metric]
+    both = (predicted_count + actual_count) / 2
+    denominator = {"precision": predicted_count, "recall": actual_count, "f1": both}[metric]
     return np.where(denominator > 0, true_positive / np.where(denominator > 0, denominator, 1), 0.0)
 
 

@@ -160,9 +160,7 @@ def carve_validation(split: TrainTestSplit, data: DataConfig, training: Training
     provenance = replace(split.provenance, validation_size=training.validation_size)
     is_current = split.train["batch_id"] == split.provenance.batch
     current = split.train[is_current]
-    stratify = (
-        stratification(current[data.target], training.validation_size) if data.task == "classification" else None
-    )
+    stratify = stratification(current[data.target], training.validation_size) if data.task == "classification" else None
     fit, validation = train_test_split(
         current, test_size=training.validation_size, random_state=training.random_state, stratify=stratify
     )
