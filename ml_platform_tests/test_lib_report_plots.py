@@ -349,3 +349,19 @@ def test_permutation_importances_of_a_multiclass_model_use_the_one_vs_rest_roc_a
 
     assert importances.method == "permutation"
     assert importances.values.index[0] == "score"
+
+
+def test_the_curves_of_a_binary_category_target_are_about_its_last_label():
+    x, y = churn_like()
+    fewer_leavers = ((y == 0) | (np.arange(len(y)) % 3 == 0)).to_numpy()  # a quarter or so leave
+    x, y = x[fewer_leavers], y[fewer_leavers].map({0: "stayed", 1: "left"}).rename("churned")
+    models = {"m": fitted("classification", "logistic_regression", x, y)}
+
+    builders = evaluation_plot_builders(
+        "classification", models, "m", x, y, "churned", "roc_auc", classes=["stayed", "left"]
+    )
+    axes = builders["precision_recall_curves"]().axes[0]
+
+    no_skill = line_labelled(axes, "no skill")
+    assert no_skill.get_ydata()[0] == pytest.approx((y == "left").mean())
+    assert float(legend_texts(builders["roc_curves"]().axes[0])[0].split("AUC ")[1]) > 0.8

@@ -371,11 +371,12 @@ def evaluation_plot_builders(
             y_test, probabilities(), classes, winner
         )
     elif task == "classification":
+        # The positive class is the last of the target's labels (scikit-learn's classes_[1] without them).
+        positive = classes[-1] if classes is not None else model.classes_[1]
 
         def curves(draw: Callable[..., Figure]) -> Figure:
-            # predict_proba's second column is the probability of classes_[1], the positive class.
-            scores = {name: candidate.predict_proba(x_test)[:, 1] for name, candidate in models.items()}
-            return draw(y_test, scores, winner, positive_label=model.classes_[1])
+            scores = {name: class_probabilities(c, x_test, [positive])[:, 0] for name, c in models.items()}
+            return draw(y_test, scores, winner, positive_label=positive)
 
         builders["confusion_matrix"] = lambda: confusion_matrix_figure(y_test, model.predict(x_test), winner, target)
         builders["roc_curves"] = lambda: curves(roc_curves_figure)
