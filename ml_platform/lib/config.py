@@ -44,7 +44,7 @@ class ColumnSpec(StrictModel):
     type: Literal["string", "integer", "float", "category", "boolean"]
     nullable: bool = True
     # Labels of a category column (text), or the values an integer column may hold (whole numbers).
-    allowed: list[StrictInt] | list[str] | None = None
+    allowed: list[StrictInt | str] | None = None
     min: float | None = None
     max: float | None = None
 
@@ -55,7 +55,10 @@ class ColumnSpec(StrictModel):
         if self.allowed and self.type == "integer" and not all(isinstance(value, int) for value in self.allowed):
             raise ValueError(f"'allowed' of an integer column must be whole numbers, got {self.allowed}")
         if self.allowed and self.type == "category" and not all(isinstance(value, str) for value in self.allowed):
-            raise ValueError(f"'allowed' of a category column must be text labels, got {self.allowed}")
+            raise ValueError(
+                f"'allowed' of a category column must be text labels, got {self.allowed}: quote a number "
+                "in YAML ('1') or declare the column type: integer"
+            )
         if self.allowed is not None and len(set(self.allowed)) != len(self.allowed):
             raise ValueError(f"'allowed' names a value twice: {self.allowed}")
         if self.type == "category" and not self.allowed:
