@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from ml_platform.cli.progress import describe_progress
+from ml_platform.lib.config import load_config
 from ml_platform.lib.settings import PROJECT_ROOT
 from ml_platform_tests.conftest import Cli, small_config
 
@@ -181,3 +182,14 @@ def test_the_progress_line_says_how_many_steps_are_done_and_which_are_running():
     )
     assert describe_progress("x", 8, []) == "x: 0/8 steps done"
     assert describe_progress("x", 1, steps[:2]) == "x: 2/2 steps done"  # never more done than the total
+
+
+def test_demo_data_writes_the_wine_batches_when_the_config_is_the_wine_data_set(tmp_path):
+    cli = Cli(tmp_path, config=load_config(PROJECT_ROOT / "configs" / "wine.yaml"))
+
+    written = cli("demo-data", "--batches", "2")
+    refused = cli("demo-data", "--batches", "5", exit_code=2)
+
+    assert written.stdout.count("(89 rows)") == 2
+    assert (cli.home / "data" / "incoming_wine" / "batch_0002.csv").read_text().splitlines()[0].endswith(",cultivar")
+    assert "the wine data set has 178 rows: 1 to 4 batches, got 5" in refused.stderr

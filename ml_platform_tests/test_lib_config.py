@@ -11,9 +11,11 @@ from pydantic import ValidationError
 from ml_platform.lib.config import (
     PARAMS_BY_MODEL_TYPE,
     ConfigError,
+    DataConfig,
     PlatformConfig,
     canonical_param_names,
     compose_config,
+    format_validation_error,
     load_config,
     load_experiment_config,
     validate_model_params,
@@ -54,12 +56,63 @@ def test_changing_the_seed_changes_the_interpolated_random_state(tmp_path):
     assert config.training.random_state == 7
 
 
-def test_a_classification_target_must_be_binary(tmp_path):
-    raw = default_raw()
-    raw["data"]["columns"]["churned"] = {"type": "category", "nullable": False, "allowed": ["no", "yes"]}
+def churn_data_with(column: str, spec: dict) -> dict:
+    """The churn data contract with one column replaced (read as plain YAML: no Hydra, milliseconds)."""
+    raw = yaml.safe_load((DEFAULT_CONFIG_PATH.parent / "data" / "churn.yaml").read_text())
+    raw["columns"][column] = spec
+    return raw
 
-    with pytest.raises(ConfigError, match=r"data: classification here is binary: the target 'churned' must be"):
-        load_config(write_config(tmp_path, raw))
+
+def contract_error(raw: dict) -> str:
+    with pytest.raises(ValidationError) as error:
+        DataConfig.model_validate(raw)
+    return format_validation_error(error.value)
+
+
+@pytest.mark.parametrize(
+    "target, classes",
+    [
+        ({"type": "integer", "min": 0, "max": 1}, [0, 1]),
+        ({"type": "boolean"}, [False, True]),
+        ({"type": "category", "allowed": ["stayed", "churned"]}, ["stayed", "churned"]),
+        ({"type": "category", "allowed": ["bronze", "silver", "gold"]}, ["bronze", "silver", "gold"]),
+        ({"type": "integer", "allowed": [3, 1, 2]}, [3, 1, 2]),
+        ({"type": "integer", "min": 1, "max": 4}, [1, 2, 3, 4]),
+    ],
+)
+def test_a_classification_target_takes_its_labels_from_the_contract(target, classes):
+    data = DataConfig.model_validate(churn_data_with("churned", {**target, "nullable": False}))
+
+    assert data.classes == classes
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        (
+            {"type": "category", "allowed": ["yes"]},
+            "the classification target 'churned' has 1 label(s) ['yes']; a classifier needs at least two",
+        ),
+        ({"type": "integer", "min": 1, "max": 1}, "the classification target 'churned' has 1 label(s) [1]"),
+        ({"type": "integer"}, "'churned' is integer without labels"),
+        ({"type": "string"}, "'churned' is string without labels"),
+        ({"type": "integer", "min": 0, "max": 500}, "spans 0 to 500, more than 100 classes"),
+    ],
+)
+def test_a_classification_target_without_two_labels_is_refused_by_name(target, message):
+    assert message in contract_error(churn_data_with("churned", {**target, "nullable": False}))
+
+
+@pytest.mark.parametrize(
+    "column, message",
+    [
+        ({"type": "integer", "allowed": ["1", "2"]}, "columns.region: 'allowed' of an integer column must be"),
+        ({"type": "float", "allowed": [1, 2]}, "'allowed' is only valid for columns of type 'category' or 'integer'"),
+        ({"type": "category", "allowed": ["a", "b", "a"]}, "'allowed' names a value twice: ['a', 'b', 'a']"),
+    ],
+)
+def test_allowed_values_must_fit_the_column_type(column, message):
+    assert message in contract_error(churn_data_with("region", column))
 
 
 def test_column_names_must_be_plain_identifiers(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 from pandas.testing import assert_frame_equal
 
 from ml_platform.lib.config import load_config
-from ml_platform.lib.demo_data import generate_churn_batch, write_demo_batches
+from ml_platform.lib.demo_data import generate_churn_batch, wine_batches, write_demo_batches
 from ml_platform.lib.settings import DEFAULT_CONFIG_PATH
 
 MISSING_COLUMNS = ("total_charges", "age", "payment_method")
@@ -112,3 +112,18 @@ def test_write_demo_batches_refuses_an_unknown_format(tmp_path):
         write_demo_batches(tmp_path / "incoming", 1, 10, file_format="json")
 
     assert not (tmp_path / "incoming").exists()
+
+
+def test_wine_batches_cut_the_178_wines_into_seeded_batches_each_holding_the_three_cultivars():
+    batches = wine_batches(2, seed=3)
+
+    assert [len(batch) for batch in batches] == [89, 89]
+    assert all(set(batch["cultivar"]) == {"class_0", "class_1", "class_2"} for batch in batches)
+    assert not set(batches[0]["wine_id"]) & set(batches[1]["wine_id"])
+    assert_frame_equal(batches[1], wine_batches(2, seed=3)[1])
+    assert "od280_od315_of_diluted_wines" in batches[0].columns  # a plain SQL name, no slash
+
+
+def test_wine_batches_refuse_batches_too_small_to_hold_every_cultivar():
+    with pytest.raises(ValueError, match="the wine data set has 178 rows: 1 to 4 batches, got 5"):
+        wine_batches(5)

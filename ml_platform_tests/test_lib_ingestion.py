@@ -327,3 +327,25 @@ def test_non_finite_float_is_rejected_naming_the_column(tmp_path, data, value):
     con = duckdb.connect()
     with pytest.raises(BatchValidationError, match=r"column 'total_charges': expected finite float values; data row 3"):
         ingest_batch(path, data, con)
+
+
+def test_an_integer_column_with_allowed_values_takes_them_however_written_and_refuses_others(tmp_path, con):
+    data = DataConfig.model_validate(
+        {
+            "name": "grades",
+            "task": "classification",
+            "target": "grade",
+            "id_column": "id",
+            "columns": {
+                "id": {"type": "string", "nullable": False},
+                "grade": {"type": "integer", "nullable": False, "allowed": [1, 2, 3]},
+            },
+        }
+    )
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    good.write_text("id,grade\na,1\nb, 2\nc,3.0\n")
+    bad.write_text("id,grade\na,1\nb,2\nc,4\n")
+
+    assert ingest_batch(good, data, con, table="grades").rows == 3
+    assert con.execute("SELECT list(grade ORDER BY id) FROM grades").fetchone()[0] == [1, 2, 3]
+    assert_rejected(bad, data, con, "column 'grade': expected one of [1, 2, 3]; data row 3 has '4'")

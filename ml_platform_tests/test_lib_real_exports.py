@@ -163,23 +163,17 @@ def test_a_batch_one_row_short_of_the_minimum_is_refused_and_one_at_it_really_sp
         assert set(part["SeniorCitizen"]) == {0, 1}
 
 
-def test_a_class_with_fewer_rows_than_a_split_needs_is_refused_and_one_more_row_splits(tmp_path, telco, con):
+def test_a_class_with_a_single_row_is_stored_and_split_without_stratifying(tmp_path, telco, con):
     training = TrainingConfig()
-    per_class = minimum_rows_to_split(training, None)
     frame = telco_frame(40).assign(SeniorCitizen=0)
-    frame.loc[: per_class - 2, "SeniorCitizen"] = 1
+    frame.loc[0, "SeniorCitizen"] = 1
 
-    with pytest.raises(BatchValidationError) as refused:
-        ingest_batch(excel_csv(frame, tmp_path / "rare.csv"), telco, con, training=training)
-    frame.loc[per_class - 1, "SeniorCitizen"] = 1
-    ingest_batch(excel_csv(frame, tmp_path / "enough.csv"), telco, con, training=training)
+    ingest_batch(excel_csv(frame, tmp_path / "rare.csv"), telco, con, training=training)
     features = con.execute("SELECT 'b1' AS batch_id, * FROM raw_batch").df()
     split = carve_validation(split_train_test(features, telco, training, "b1"), telco, training)
 
-    assert f"target 'SeniorCitizen': class 1 has {per_class - 1} row(s); each class needs at least {per_class}" in str(
-        refused.value
-    )
-    assert split.train["SeniorCitizen"].sum() >= 1
+    assert not split.provenance.stratified
+    assert len(split.train) + len(split.validation) + len(split.test) == 40
 
 
 def test_a_changed_split_changes_the_ingestion_code_version_so_a_batch_refused_as_too_small_can_run_again(telco):

@@ -314,3 +314,54 @@ def test_evaluation_markdown_links_the_plots_by_relative_path():
     assert "**forest**" in page and "| model |" in page
     assert "![ROC curves](roc_curves.png)" in page
     assert "![Metrics over batches](../metrics_over_batches.png)" in page
+
+
+def three_grades(n_rows: int = 300, seed: int = 0) -> tuple[pd.DataFrame, pd.Series]:
+    """Three labels ordered by `score`; `noise` carries nothing."""
+    rng = np.random.default_rng(seed)
+    score = rng.uniform(0, 3, n_rows)
+    x = pd.DataFrame({"score": score + rng.normal(scale=0.3, size=n_rows), "noise": rng.normal(size=n_rows)})
+    return x, pd.Series(np.array(["low", "mid", "high"])[score.astype(int)], name="grade")
+
+
+def test_a_multiclass_batch_gets_an_n_by_n_confusion_matrix_and_curves_per_class():
+    x, y = three_grades()
+    models = {"m": fitted("classification", "logistic_regression", x, y)}
+    classes = ["low", "mid", "high", "unseen"]  # a label of the contract no row has still gets its row and column
+
+    builders = evaluation_plot_builders("classification", models, "m", x, y, "grade", "f1", classes=classes)
+    confusion = builders["confusion_matrix"]().axes[0]
+    roc = builders["roc_curves"]().axes[0]
+    precision_recall = builders["precision_recall_curves"]().axes[0]
+
+    assert [label.get_text() for label in confusion.get_xticklabels()] == classes
+    assert len(confusion.texts) == 16
+    assert [text.split(":")[0] for text in legend_texts(roc)] == ["low", "mid", "high", "chance"]
+    assert [text.split(":")[0] for text in legend_texts(precision_recall)] == ["low", "mid", "high"]
+    assert "per class" in precision_recall.get_title()
+
+
+def test_permutation_importances_of_a_multiclass_model_use_the_one_vs_rest_roc_auc():
+    x, y = three_grades(150)
+    boosted = fitted("classification", "gradient_boosting", x, y, max_iter=3)
+
+    importances = feature_importances(boosted, x, y, "roc_auc", multiclass=True)
+
+    assert importances.method == "permutation"
+    assert importances.values.index[0] == "score"
+
+
+def test_the_curves_of_a_binary_category_target_are_about_its_last_label():
+    x, y = churn_like()
+    fewer_leavers = ((y == 0) | (np.arange(len(y)) % 3 == 0)).to_numpy()  # a quarter or so leave
+    x, y = x[fewer_leavers], y[fewer_leavers].map({0: "stayed", 1: "left"}).rename("churned")
+    models = {"m": fitted("classification", "logistic_regression", x, y)}
+
+    builders = evaluation_plot_builders(
+        "classification", models, "m", x, y, "churned", "roc_auc", classes=["stayed", "left"]
+    )
+    axes = builders["precision_recall_curves"]().axes[0]
+
+    no_skill = line_labelled(axes, "no skill")
+    assert no_skill.get_ydata()[0] == pytest.approx((y == "left").mean())
+    assert float(legend_texts(builders["roc_curves"]().axes[0])[0].split("AUC ")[1]) > 0.8

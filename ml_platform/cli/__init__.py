@@ -86,22 +86,36 @@ def demo_data(
     file_format: Annotated[
         str | None, typer.Option("--format", help="csv or parquet; default: the config's data.file_format.")
     ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="churn (generated, --rows each) or wine (scikit-learn's 178 wines, 3 classes, cut into "
+            "--batches); default: wine when the config's data set is wine (configs/wine.yaml), else churn."
+        ),
+    ] = None,
 ) -> None:
-    """Write deterministic customer-churn batches into the incoming folder.
+    """Write deterministic demo batches into the incoming folder.
 
     Example: ml-platform demo-data --batches 3 --rows 10000 --drift 0.03
     """
-    from ml_platform.lib.demo_data import write_demo_batches
+    from ml_platform.lib.demo_data import generate_churn_batch, wine_batches, write_batch_files
 
     settings = Settings.from_env()
     config = load_platform_config(settings)
     file_format = file_format or config.data.file_format
+    dataset = dataset or ("wine" if config.data.name == "wine" else "churn")
+    if dataset not in ("churn", "wine"):
+        fail(f"--dataset {dataset!r}: expected churn or wine")
     try:
-        paths = write_demo_batches(settings.incoming_dir(config), batches, rows, seed, drift, file_format, first)
+        if dataset == "wine":
+            frames = dict(enumerate(wine_batches(batches, seed), start=first))
+        else:
+            frames = {n: generate_churn_batch(n, rows, seed, drift) for n in range(first, first + batches)}
+        paths = write_batch_files(settings.incoming_dir(config), frames, file_format)
     except ValueError as error:
-        fail(f"--format: {error}")
-    for path in paths:
-        console.print(f"wrote {path} ({rows} rows)")
+        fail(f"--format: {error}" if "file_format" in str(error) else str(error))
+    for path, frame in zip(paths, frames.values(), strict=True):
+        console.print(f"wrote {path} ({len(frame)} rows)")
 
 
 @batches_app.command("scan")

@@ -82,6 +82,7 @@ def tune(
                 training_data.split,
                 config.training.random_state,
                 search.metric,
+                config.data.classes,
             )
         except TuningError as error:
             fail(str(error))

@@ -10,7 +10,7 @@ Dagster-free: `ml_platform.defs.evaluation.backtest` loads the model and the bat
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,19 +130,22 @@ def run_backtest(
     mode: str,
     relative_tolerance: float = DEFAULT_RELATIVE_TOLERANCE,
     role_excluded: Collection[str] = (),
+    classes: Sequence | None = None,
 ) -> BacktestResult:
     """Score `model` on each batch's features, in the mapping's order, and fit the trend.
 
     A batch the model cannot score (a column it needs is missing, the target is absent, no rows)
     becomes an error row with the reason; the other batches are still scored. A metric undefined
     on a batch (ROC AUC when it holds one class) is NaN there and left out of the trend.
+    `classes` are the target's labels (`DataConfig.classes`), so a multi-class model's metrics are laid
+    out by the contract's labels, including one it never saw in training.
     """
     if not batches:
         raise ValueError("no batches to backtest")
     if metric not in METRIC_DIRECTIONS[task]:
         raise ValueError(f"{metric!r} is not a {task} metric; allowed: {', '.join(METRIC_DIRECTIONS[task])}")
     rows = tuple(
-        _score_batch(model, batch_id, features, task, target, id_column, role_excluded)
+        _score_batch(model, batch_id, features, task, target, id_column, role_excluded, classes)
         for batch_id, features in batches.items()
     )
     points = [
@@ -169,13 +172,20 @@ def model_inputs(
 
 
 def _score_batch(
-    model, batch_id: str, features: pd.DataFrame, task: str, target: str, id_column: str, role_excluded: Collection[str]
+    model,
+    batch_id: str,
+    features: pd.DataFrame,
+    task: str,
+    target: str,
+    id_column: str,
+    role_excluded: Collection[str],
+    classes: Sequence | None,
 ) -> BatchScore:
     try:
         x, y = model_inputs(features, target, id_column, role_excluded)
         if x.empty:
             raise ValueError("the batch has no rows")
-        metrics = score(task, model, x, y)
+        metrics = score(task, model, x, y, classes)
     except (ValueError, KeyError, TypeError) as error:  # the model cannot read this batch
         reason = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
         first_line = reason.splitlines()[0][:200] if reason else ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveInt,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -42,7 +44,8 @@ class StrictModel(BaseModel):
 class ColumnSpec(StrictModel):
     type: Literal["string", "integer", "float", "category", "boolean"]
     nullable: bool = True
-    allowed: list[str] | None = None
+    # Labels of a category column (text), or the values an integer column may hold (whole numbers).
+    allowed: list[StrictInt | str] | None = None
     min: float | None = None
     max: float | None = None
     # identifier (a code such as a customer number) and ignore (any other column a model must not
@@ -63,8 +66,17 @@ class ColumnSpec(StrictModel):
 
     @model_validator(mode="after")
     def _allowed_only_for_categories(self) -> ColumnSpec:
-        if self.allowed is not None and self.type != "category":
-            raise ValueError("'allowed' is only valid for columns of type 'category'")
+        if self.allowed is not None and self.type not in ("category", "integer"):
+            raise ValueError("'allowed' is only valid for columns of type 'category' or 'integer'")
+        if self.allowed and self.type == "integer" and not all(isinstance(value, int) for value in self.allowed):
+            raise ValueError(f"'allowed' of an integer column must be whole numbers, got {self.allowed}")
+        if self.allowed and self.type == "category" and not all(isinstance(value, str) for value in self.allowed):
+            raise ValueError(
+                f"'allowed' of a category column must be text labels, got {self.allowed}: quote a number "
+                "in YAML ('1') or declare the column type: integer"
+            )
+        if self.allowed is not None and len(set(self.allowed)) != len(self.allowed):
+            raise ValueError(f"'allowed' names a value twice: {self.allowed}")
         if self.type == "category" and not self.allowed:
             raise ValueError("a 'category' column needs a non-empty 'allowed' list")
         if (self.min is not None or self.max is not None) and self.type not in ("integer", "float"):
@@ -94,18 +106,55 @@ class DataConfig(StrictModel):
         target = self.columns[self.target]
         if self.task == "regression" and target.type not in ("integer", "float"):
             raise ValueError(f"a regression target must be integer or float, {self.target!r} is {target.type}")
-        if self.task == "classification" and not _is_binary(target):
-            raise ValueError(
-                f"classification here is binary: the target {self.target!r} must be a boolean, "
-                "or an integer with min: 0 and max: 1"
-            )
+        if self.task == "classification":
+            target_classes(self.target, target)  # raises naming the target when it has no usable labels
         if target.nullable:
             raise ValueError(f"the target {self.target!r} must be declared nullable: false")
         return self
 
+    @property
+    def classes(self) -> list | None:
+        """The classification target's labels in the contract's order (None for regression); see `target_classes`."""
+        return target_classes(self.target, self.columns[self.target]) if self.task == "classification" else None
 
-def _is_binary(spec: ColumnSpec) -> bool:
-    return spec.type == "boolean" or (spec.type == "integer" and spec.min == 0 and spec.max == 1)
+
+# A classifier over more labels than this is a regression or a text column in disguise; and every
+# per-class metric, plot and matrix grows with the count.
+MAX_CLASSES = 100
+
+
+def target_classes(name: str, spec: ColumnSpec) -> list:
+    """The labels a classification target may take, in order: what the metrics, the probability
+    matrix and the plots are laid out by, whether or not a batch holds every one of them.
+
+    boolean: [False, True]; category: its `allowed` labels; integer: its `allowed` values, else
+    every whole number from `min` to `max`. Two labels make the task binary, more multi-class.
+    The positive class of a binary target (the one ROC AUC, precision and recall are about) is the
+    LAST label: True, 1 of 0/1, `Yes` of `allowed: [No, Yes]`; order `allowed` to choose it.
+    """
+    if spec.type == "boolean":
+        labels: list = [False, True]
+    elif spec.type in ("category", "integer") and spec.allowed:
+        labels = list(spec.allowed)
+    elif spec.type == "integer" and spec.min is not None and spec.max is not None:
+        if spec.max - spec.min + 1 > MAX_CLASSES:
+            raise ValueError(
+                f"the classification target {name!r} spans {spec.min:g} to {spec.max:g}, more than "
+                f"{MAX_CLASSES} classes; list its labels in 'allowed' or use task: regression"
+            )
+        labels = list(range(math.ceil(spec.min), math.floor(spec.max) + 1))
+    else:
+        raise ValueError(
+            f"a classification target must be a boolean, a category with 'allowed' labels, or an integer "
+            f"with 'allowed' values or min and max; {name!r} is {spec.type} without labels"
+        )
+    if len(labels) < 2:
+        raise ValueError(
+            f"the classification target {name!r} has {len(labels)} label(s) {labels}; a classifier needs at least two"
+        )
+    if len(labels) > MAX_CLASSES:
+        raise ValueError(f"the classification target {name!r} has {len(labels)} labels, more than {MAX_CLASSES}")
+    return labels
 
 
 # ---------------------------------------------------------------- models
@@ -517,7 +566,7 @@ def code_version(*sections: BaseModel) -> str:
 
 
 # Bump when an asset's code changes what it produces; every asset then shows as stale.
-ASSET_CODE_REVISION = "2"
+ASSET_CODE_REVISION = "3"
 
 
 def fingerprint(content: Any) -> str:

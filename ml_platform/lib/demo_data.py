@@ -1,6 +1,6 @@
-"""Deterministic generator of the demo data set: customer-churn batches.
+"""Deterministic demo data sets written as batch files: customer churn (generated) and wine (3 classes).
 
-Each batch is what a CRM export would look like: numeric and categorical columns, a few
+Each churn batch is what a CRM export would look like: numeric and categorical columns, a few
 missing values, about one churner in four, a signal a model can learn, and (optionally)
 a slow drift across batches so later batches differ from earlier ones.
 """
@@ -86,7 +86,16 @@ def write_demo_batches(
     file_format: str = "csv",
     first_batch: int = 1,
 ) -> list[Path]:
-    """Write batches as `batch_0001.csv`, `batch_0002.csv`, ... and return their paths.
+    """Write churn batches as `batch_0001.csv`, `batch_0002.csv`, ... and return their paths."""
+    frames = {
+        number: generate_churn_batch(number, n_rows, seed=seed, drift=drift)
+        for number in range(first_batch, first_batch + n_batches)
+    }
+    return write_batch_files(incoming_dir, frames, file_format)
+
+
+def write_batch_files(incoming_dir: Path, frames: dict[int, pd.DataFrame], file_format: str = "csv") -> list[Path]:
+    """Write each frame as `batch_<number>.csv` (or .parquet) and return the paths.
 
     Each file is written under a temporary name and renamed, so a watcher never sees half a batch.
     """
@@ -94,8 +103,7 @@ def write_demo_batches(
         raise ValueError(f"file_format must be 'csv' or 'parquet', got {file_format!r}")
     incoming_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for number in range(first_batch, first_batch + n_batches):
-        frame = generate_churn_batch(number, n_rows, seed=seed, drift=drift)
+    for number, frame in frames.items():
         path = incoming_dir / f"batch_{number:04d}.{file_format}"
         partial = path.with_name(f".{path.name}.partial")
         if file_format == "csv":
@@ -105,3 +113,31 @@ def write_demo_batches(
         partial.replace(path)
         paths.append(path)
     return paths
+
+
+def wine_batches(n_batches: int, seed: int = 42) -> list[pd.DataFrame]:
+    """scikit-learn's bundled wine data set (178 wines, 13 measurements, three cultivars), shuffled
+    with `seed` and cut into `n_batches` batches of nearly equal size: the 3-class demo.
+
+    Bundled with scikit-learn, so nothing is downloaded. The target `cultivar` is a category
+    (`class_0`, `class_1`, `class_2`), the id `wine_id` the wine's row in the original data.
+    """
+    from sklearn.datasets import load_wine
+
+    wine = load_wine(as_frame=True)
+    # Below about 40 rows a batch's held-out part (a fifth) cannot hold every cultivar several times.
+    most = len(wine.frame) // 40
+    if not 1 <= n_batches <= most:
+        raise ValueError(f"the wine data set has {len(wine.frame)} rows: 1 to {most} batches, got {n_batches}")
+    # Column names reach SQL as identifiers: `od280/od315_of_diluted_wines` has a slash.
+    features = wine.data.rename(columns=lambda name: name.replace("/", "_"))
+    frame = pd.concat(
+        [
+            pd.DataFrame({"wine_id": [f"W{index:04d}" for index in wine.frame.index]}),
+            features,
+            pd.DataFrame({"cultivar": [str(wine.target_names[label]) for label in wine.target]}),
+        ],
+        axis=1,
+    )
+    shuffled = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    return [shuffled.iloc[rows].reset_index(drop=True) for rows in np.array_split(np.arange(len(shuffled)), n_batches)]

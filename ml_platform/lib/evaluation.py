@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -15,26 +17,67 @@ from ml_platform.lib.config import METRIC_DIRECTIONS, PromotionConfig
 @dataclass(frozen=True)
 class Predictions:
     """A model's outputs on some rows: the predicted class or value, and for classification the
-    probability of the positive class (what ROC AUC ranks)."""
+    probabilities ROC AUC ranks, laid out by `classes` (the target's labels, `DataConfig.classes`).
+
+    Binary: `scores` is the probability of the positive class, the last of the two `classes`.
+    Multi-class: `scores` is the (rows x classes) probability matrix, a column per label of
+    `classes` in that order; a label the model never saw in training has a column of zeros.
+    """
 
     labels: np.ndarray
     scores: np.ndarray | None = None
+    classes: tuple = ()
+
+    @property
+    def multiclass(self) -> bool:
+        return self.scores is not None and self.scores.ndim == 2
 
 
-def predict(task: str, model, x: pd.DataFrame) -> Predictions:
+def predict(task: str, model, x: pd.DataFrame, classes: Sequence | None = None) -> Predictions:
+    """`model`'s predictions of `x`; for classification, its probabilities laid out by `classes`
+    (by default the model's own `classes_`, as scikit-learn sorts them)."""
     labels = np.asarray(model.predict(x))
-    return Predictions(labels, np.asarray(model.predict_proba(x)[:, 1]) if task == "classification" else None)
+    if task != "classification":
+        return Predictions(labels)
+    classes = tuple(model.classes_ if classes is None else classes)
+    probabilities = class_probabilities(model, x, classes)
+    if len(classes) == 2:
+        return Predictions(labels, probabilities[:, 1], classes)
+    return Predictions(labels, probabilities, classes)
+
+
+def class_probabilities(model, x: pd.DataFrame, classes: Sequence) -> np.ndarray:
+    """`predict_proba` with a column per label of `classes`, in that order: a label the model was
+    not trained on (absent from its training rows) gets probability 0, the model's true belief."""
+    fitted = list(model.classes_)
+    proba = np.asarray(model.predict_proba(x))
+    columns = [proba[:, fitted.index(label)] if label in fitted else np.zeros(len(proba)) for label in classes]
+    return np.column_stack(columns)
 
 
 def metrics_of(task: str, y: pd.Series, predictions: Predictions) -> dict[str, float]:
-    """Every metric of the task for predictions of the rows whose truth is `y`."""
+    """Every metric of the task for predictions of the rows whose truth is `y`.
+
+    Multi-class: the same names, macro-averaged (each class counts the same, however rare):
+    precision, recall and F1 over the labels in `y` or the predictions, ROC AUC one-vs-rest over
+    the labels in `y` (`one_vs_rest_auc`).
+    """
     labels = predictions.labels
-    if task == "classification":
+    if task == "classification" and predictions.multiclass:
         return {
-            "f1": float(skm.f1_score(y, labels, zero_division=0)),
-            "roc_auc": float(skm.roc_auc_score(y, predictions.scores)),
-            "precision": float(skm.precision_score(y, labels, zero_division=0)),
-            "recall": float(skm.recall_score(y, labels, zero_division=0)),
+            "f1": float(skm.f1_score(y, labels, average="macro", zero_division=0)),
+            "roc_auc": one_vs_rest_auc(np.asarray(y), predictions.scores, predictions.classes),
+            "precision": float(skm.precision_score(y, labels, average="macro", zero_division=0)),
+            "recall": float(skm.recall_score(y, labels, average="macro", zero_division=0)),
+            "accuracy": float(skm.accuracy_score(y, labels)),
+        }
+    if task == "classification":
+        positive = predictions.classes[-1] if predictions.classes else 1
+        return {
+            "f1": float(skm.f1_score(y, labels, pos_label=positive, zero_division=0)),
+            "roc_auc": float(skm.roc_auc_score(np.asarray(y) == positive, predictions.scores)),
+            "precision": float(skm.precision_score(y, labels, pos_label=positive, zero_division=0)),
+            "recall": float(skm.recall_score(y, labels, pos_label=positive, zero_division=0)),
             "accuracy": float(skm.accuracy_score(y, labels)),
         }
     return {
@@ -44,9 +87,60 @@ def metrics_of(task: str, y: pd.Series, predictions: Predictions) -> dict[str, f
     }
 
 
-def score(task: str, model, x: pd.DataFrame, y: pd.Series) -> dict[str, float]:
-    """Every metric of the task for a fitted model on (x, y)."""
-    return metrics_of(task, y, predict(task, model, x))
+def one_vs_rest_auc(truth: np.ndarray, probabilities: np.ndarray, classes: Sequence) -> float:
+    """The mean over labels of the ROC AUC of "this label or not" ranked by its probability column.
+
+    Only labels that both occur in `truth` and leave some rows out count (AUC is undefined for the
+    others): so a held-out batch missing a rare class still has a score, and a class the model never
+    saw scores 0.5 (its column is all zeros), which is what it knows about it. Equal to
+    scikit-learn's `roc_auc_score(multi_class="ovr", average="macro")` when every label occurs.
+    """
+    values = [
+        skm.roc_auc_score(truth == label, probabilities[:, column])
+        for column, label in enumerate(classes)
+        if 0 < np.sum(truth == label) < len(truth)
+    ]
+    return float(np.mean(values)) if values else math.nan
+
+
+def per_class_metrics(y: pd.Series, predictions: Predictions) -> dict[str, dict[str, float]]:
+    """Precision, recall and support of each label of `predictions.classes`, by the label as text
+    (what JSON and MLflow keys need): where a macro average hides the one class a model misses."""
+    truth, labels = np.asarray(y), predictions.labels
+    result = {}
+    for label in predictions.classes:
+        predicted, actual = labels == label, truth == label
+        hits = int(np.sum(predicted & actual))
+        result[str(label)] = {
+            "precision": hits / int(predicted.sum()) if predicted.any() else 0.0,
+            "recall": hits / int(actual.sum()) if actual.any() else 0.0,
+            "support": int(actual.sum()),
+        }
+    return result
+
+
+def per_class_run_metrics(per_class: dict[str, dict[str, float]]) -> dict[str, float]:
+    """`per_class_metrics` as flat MLflow metric names, `class_<label>_precision`: a label's characters
+    that MLflow refuses in a name become `_`."""
+    return {
+        f"class_{re.sub(r'[^A-Za-z0-9_.-]', '_', label)}_{name}": float(value)
+        for label, values in per_class.items()
+        for name, value in values.items()
+        if name != "support"
+    }
+
+
+def labels_unseen_in_training(y_train: pd.Series, *evaluated: pd.Series) -> list[str]:
+    """Labels of the `evaluated` rows (validation, held-out, a later batch) that no training row has,
+    as text: a rare class a model cannot predict, reported rather than a crash."""
+    seen = set(pd.unique(y_train))
+    unseen = {label for y in evaluated for label in pd.unique(y) if label not in seen}
+    return sorted(str(label) for label in unseen)
+
+
+def score(task: str, model, x: pd.DataFrame, y: pd.Series, classes: Sequence | None = None) -> dict[str, float]:
+    """Every metric of the task for a fitted model on (x, y); `classes` as for `predict`."""
+    return metrics_of(task, y, predict(task, model, x, classes))
 
 
 def is_better(candidate: float, incumbent: float, mode: str, min_improvement: float = 0.0) -> bool:
@@ -202,31 +296,36 @@ def _metric_on_counts(metric: str, truth: np.ndarray, predictions: Predictions, 
     per resample, agreeing with `metrics_of` (scikit-learn) on the rows drawn.
 
     Each metric is a weighted sum over the rows, so a resample costs a matrix product, not a copy of
-    the rows; ROC AUC sorts the scores once and counts, per resample, the weight of negatives below
-    each positive (ties count half), which is the Mann-Whitney form of the AUC.
+    the rows. Multi-class metrics are the per-class binary ones averaged over the classes that
+    `metrics_of` would count on the resample, so the cost grows with the classes, not the memory.
     """
     labels = predictions.labels
     with np.errstate(invalid="ignore", divide="ignore"):
+        if metric == "roc_auc" and predictions.multiclass:
+            per_class = np.stack(
+                [
+                    _auc_on_counts(truth == label, predictions.scores[:, column], counts)
+                    for column, label in enumerate(predictions.classes)
+                ]
+            )
+            # A class absent from the resample (or the only one in it) has no AUC: left out, as in one_vs_rest_auc.
+            defined = np.isfinite(per_class)
+            return np.where(defined, per_class, 0).sum(axis=0) / defined.sum(axis=0)
         if metric == "roc_auc":
-            order = np.argsort(predictions.scores, kind="stable")
-            ordered_scores = predictions.scores[order]
-            starts = np.flatnonzero(np.r_[True, ordered_scores[1:] != ordered_scores[:-1]])
-            positive = (truth[order] == 1).astype(float)
-            weights = counts[:, order]
-            positives = np.add.reduceat(weights * positive, starts, axis=1)
-            negatives = np.add.reduceat(weights * (1 - positive), starts, axis=1)
-            below = np.cumsum(negatives, axis=1) - negatives
-            pairs = positives.sum(axis=1) * negatives.sum(axis=1)
-            return (positives * (below + negatives / 2)).sum(axis=1) / pairs
+            positive = predictions.classes[-1] if predictions.classes else 1
+            return _auc_on_counts(truth == positive, predictions.scores, counts)
         drawn = counts.sum(axis=1)
         if metric == "accuracy":
             return counts @ (labels == truth).astype(float) / drawn
+        if metric in ("precision", "recall", "f1") and predictions.multiclass:
+            classes = np.unique(np.concatenate([truth, labels]))
+            per_class = np.stack([_binary_on_counts(metric, truth == c, labels == c, counts) for c in classes])
+            # scikit-learn's macro average runs over the labels present in the truth or the predictions.
+            present = np.stack([counts @ ((truth == c) | (labels == c)).astype(float) > 0 for c in classes])
+            return np.where(present, per_class, 0).sum(axis=0) / present.sum(axis=0)
         if metric in ("precision", "recall", "f1"):
-            true_positive = counts @ ((labels == 1) & (truth == 1)).astype(float)
-            predicted = counts @ (labels == 1).astype(float)
-            actual = counts @ (truth == 1).astype(float)
-            denominator = {"precision": predicted, "recall": actual, "f1": (predicted + actual) / 2}[metric]
-            return np.where(denominator > 0, true_positive / np.where(denominator > 0, denominator, 1), 0.0)
+            positive = predictions.classes[-1] if predictions.classes else 1
+            return _binary_on_counts(metric, truth == positive, labels == positive, counts)
         errors = labels.astype(float) - truth
         if metric == "rmse":
             return np.sqrt(counts @ errors**2 / drawn)
@@ -236,6 +335,32 @@ def _metric_on_counts(metric: str, truth: np.ndarray, predictions: Predictions, 
             spread = counts @ truth.astype(float) ** 2 - (counts @ truth.astype(float)) ** 2 / drawn
             return 1 - (counts @ errors**2) / spread
     raise ValueError(f"unknown metric {metric!r}")
+
+
+def _auc_on_counts(positive: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """ROC AUC of `scores` for the rows where `positive` holds, on each resample: the scores sorted
+    once, then per resample the weight of negatives below each positive (ties count half), the
+    Mann-Whitney form of the AUC. NaN for a resample without positives or without negatives."""
+    order = np.argsort(scores, kind="stable")
+    ordered_scores = scores[order]
+    starts = np.flatnonzero(np.r_[True, ordered_scores[1:] != ordered_scores[:-1]])
+    is_positive = positive[order].astype(float)
+    weights = counts[:, order]
+    positives = np.add.reduceat(weights * is_positive, starts, axis=1)
+    negatives = np.add.reduceat(weights * (1 - is_positive), starts, axis=1)
+    below = np.cumsum(negatives, axis=1) - negatives
+    pairs = positives.sum(axis=1) * negatives.sum(axis=1)
+    return (positives * (below + negatives / 2)).sum(axis=1) / pairs
+
+
+def _binary_on_counts(metric: str, actual: np.ndarray, predicted: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Precision, recall or F1 of one class on each resample; 0 where undefined (scikit-learn's zero_division=0)."""
+    true_positive = counts @ (actual & predicted).astype(float)
+    predicted_count = counts @ predicted.astype(float)
+    actual_count = counts @ actual.astype(float)
+    both = (predicted_count + actual_count) / 2
+    denominator = {"precision": predicted_count, "recall": actual_count, "f1": both}[metric]
+    return np.where(denominator > 0, true_positive / np.where(denominator > 0, denominator, 1), 0.0)
 
 
 @dataclass(frozen=True)

@@ -374,28 +374,18 @@ def _first_lines_of(error: duckdb.Error) -> str:
 def _split_problems(con: duckdb.DuckDBPyConnection, data: DataConfig, training: TrainingConfig, rows: int) -> list[str]:
     """A batch too small for its split: refused here, with the minimum, not in `training_data`.
 
-    A stratified split also needs enough rows of its rarest class: scikit-learn refuses a class with
-    one row in the rows it splits. As many as an unstratified split needs in all (one row per part)
-    is enough for every share (checked against scikit-learn over test and validation shares of 0.1
-    to 0.7), and it is a rule a person can check by counting.
+    A rare class does not refuse the batch: the split then falls back to a seeded shuffle and a class
+    missing from the training rows is reported (`lib/training.stratification`).
     """
-    classes, problems = None, []
+    classes = None
     if training.split.stratifies(data.task):
         target_type = SQL_TYPES[data.columns[data.target].type]
-        counts = con.execute(
-            f'SELECT CAST("{data.target}" AS {target_type}), count(*) AS n FROM landed GROUP BY 1 ORDER BY n, 1'
-        ).fetchall()
-        classes, (rarest, rarest_rows) = len(counts), counts[0]
-        if rarest_rows < (per_class := minimum_rows_to_split(training, None)):
-            problems.append(
-                f"target '{data.target}': class {rarest!r} has {rarest_rows} row(s); each class needs at least "
-                f"{per_class} to split {_split_requirement(training, classes)}"
-            )
+        classes = con.execute(f'SELECT count(DISTINCT CAST("{data.target}" AS {target_type})) FROM landed').fetchone()[
+            0
+        ]
     if rows < (minimum := minimum_rows_to_split(training, classes)):
-        problems.append(
-            f"{rows} rows; at least {minimum} rows are needed to split {_split_requirement(training, classes)}"
-        )
-    return problems
+        return [f"{rows} rows; at least {minimum} rows are needed to split {_split_requirement(training, classes)}"]
+    return []
 
 
 def _contract_problems(con: duckdb.DuckDBPyConnection, data: DataConfig) -> list[str]:
@@ -451,7 +441,11 @@ def _rules(name: str, spec: ColumnSpec) -> list[tuple[str, str]]:
         rules.append((f"{column} IS NOT NULL AND NOT coalesce({finite}, false)", "finite float values"))
     elif sql_type != "VARCHAR":
         rules.append((f"{column} IS NOT NULL AND {typed} IS NULL", f"{spec.type} values"))
-    if spec.allowed is not None:
+    if spec.allowed is not None and spec.type == "integer":
+        # Compared as numbers: ' 2' and '2.0' are the value 2.
+        allowed = ", ".join(str(value) for value in spec.allowed)
+        rules.append((f"{typed} IS NOT NULL AND {typed} NOT IN ({allowed})", f"one of {spec.allowed}"))
+    elif spec.allowed is not None:
         allowed = ", ".join("'" + value.replace("'", "''") + "'" for value in spec.allowed)
         rules.append((f"{column} IS NOT NULL AND {column} NOT IN ({allowed})", f"one of {spec.allowed}"))
     if spec.min is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +25,7 @@ from sklearn.inspection import permutation_importance
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
+from ml_platform.lib.evaluation import class_probabilities
 from ml_platform.lib.tuning import StudyResult
 
 # 640x480 pixels for a default figure: sharp enough on screen, and a few tens of KB as a PNG, so
@@ -57,6 +58,14 @@ PERMUTATION_SCORING = {
     "r2": "r2",
 }
 
+# The same metrics for more than two classes: macro averages and one-vs-rest ROC AUC, as `metrics_of`.
+MULTICLASS_SCORING = {
+    "roc_auc": "roc_auc_ovr",
+    "f1": "f1_macro",
+    "precision": "precision_macro",
+    "recall": "recall_macro",
+}
+
 # How the winner of a batch is marked over batches, by the champion_model decision for it.
 DECISION_MARKERS = {
     "champion": {"marker": "*", "s": 260, "facecolors": "gold", "label": "winner, promoted to champion"},
@@ -87,9 +96,13 @@ def _figure(width: float = 6.4, height: float = 4.8) -> tuple[Figure, Axes]:
 # Classification ---------------------------------------------------------------------------------
 
 
-def confusion_matrix_figure(y_true, y_pred, model_name: str, target: str) -> Figure:
-    """Counts and rates of each (actual, predicted) class pair; a rate is the share of its actual class."""
-    labels = np.unique(np.concatenate([np.asarray(y_true), np.asarray(y_pred)]))
+def confusion_matrix_figure(y_true, y_pred, model_name: str, target: str, classes: Sequence | None = None) -> Figure:
+    """Counts and rates of each (actual, predicted) class pair; a rate is the share of its actual class.
+
+    N x N over `classes` (the target's labels) when given, so a label missing from these rows still
+    has its row and column; else over the labels that occur."""
+    occurring = np.unique(np.concatenate([np.asarray(y_true), np.asarray(y_pred)]))
+    labels = list(classes) if classes is not None else occurring
     counts = skm.confusion_matrix(y_true, y_pred, labels=labels)
     totals = counts.sum(axis=1, keepdims=True)
     rates = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
@@ -166,6 +179,45 @@ def precision_recall_figure(y_true, positive_scores: Mapping[str, np.ndarray], w
     return figure
 
 
+def per_class_roc_figure(y_true, probabilities: np.ndarray, classes: Sequence, model_name: str) -> Figure:
+    """Multi-class: the model's one-vs-rest ROC curve of each label (that label against all the
+    others, ranked by its probability column), AUC in the legend. A label absent from the rows has no curve."""
+    figure, axes = _figure()
+    for column, label in _labels_present(y_true, classes):
+        false_positives, true_positives, _ = skm.roc_curve(np.asarray(y_true) == label, probabilities[:, column])
+        auc = skm.auc(false_positives, true_positives)
+        axes.plot(false_positives, true_positives, linewidth=1.8, label=f"{label}: AUC {auc:.3f}")
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="chance: AUC 0.500")
+    axes.set_xlabel("false positive rate")
+    axes.set_ylabel("true positive rate")
+    axes.set_title(f"ROC curves per class (one vs rest): {model_name}")
+    axes.legend(loc="lower right")
+    return figure
+
+
+def per_class_precision_recall_figure(y_true, probabilities: np.ndarray, classes: Sequence, model_name: str) -> Figure:
+    """Multi-class: the model's precision-recall curve of each label against the others, average
+    precision in the legend: where a rare class's poor recall shows, which a macro average hides."""
+    figure, axes = _figure()
+    for column, label in _labels_present(y_true, classes):
+        actual = np.asarray(y_true) == label
+        precision, recall, _ = skm.precision_recall_curve(actual, probabilities[:, column])
+        average = skm.average_precision_score(actual, probabilities[:, column])
+        axes.step(recall, precision, where="post", linewidth=1.8, label=f"{label}: AP {average:.3f}")
+    axes.set_xlabel("recall")
+    axes.set_ylabel("precision")
+    axes.set_ylim(0, 1.02)
+    axes.set_title(f"Precision-recall curves per class: {model_name}")
+    axes.legend(loc="best")
+    return figure
+
+
+def _labels_present(y_true, classes: Sequence) -> list[tuple[int, object]]:
+    """(column, label) of each label in `classes` that occurs in `y_true` without being all of it."""
+    truth = np.asarray(y_true)
+    return [(column, label) for column, label in enumerate(classes) if 0 < np.sum(truth == label) < len(truth)]
+
+
 def _emphasis(is_winner: bool) -> dict:
     return {"linewidth": 2.8, "zorder": 3} if is_winner else {"linewidth": 1.2, "alpha": 0.75, "zorder": 2}
 
@@ -216,7 +268,12 @@ class FeatureImportances:
 
 
 def feature_importances(
-    pipeline: Pipeline, x: pd.DataFrame, y: pd.Series, metric: str | None = None, random_state: int = 0
+    pipeline: Pipeline,
+    x: pd.DataFrame,
+    y: pd.Series,
+    metric: str | None = None,
+    random_state: int = 0,
+    multiclass: bool = False,
 ) -> FeatureImportances:
     """What the fitted Pipeline's estimator leans on.
 
@@ -240,7 +297,7 @@ def feature_importances(
         return _importances(
             values, transformed_feature_names(pipeline, x), "coef_", "|coefficient| on the transformed feature"
         )
-    scoring = PERMUTATION_SCORING.get(metric) if metric else None
+    scoring = ({**PERMUTATION_SCORING, **MULTICLASS_SCORING} if multiclass else PERMUTATION_SCORING).get(metric)
     # Fifty predictions on a few hundred rows: OpenMP's threads cost more to start than they save
     # (measured 5 s with them, 1.3 s without, on 2 shared cores).
     with threadpool_limits(limits=1):
@@ -289,22 +346,39 @@ def evaluation_plot_builders(
     target: str,
     metric: str,
     random_state: int = 0,
+    classes: Sequence | None = None,
 ) -> dict[str, Callable[[], Figure]]:
     """The batch's plots, by the name each is saved under, each a function that draws it, so a
     caller can draw them one at a time and lose only the one that fails.
 
     Classification: the winner's confusion matrix, every candidate's ROC and precision-recall
-    curves. Regression: the winner's predicted vs actual and residuals. Both: the winner's
-    feature importances. `models` are the fitted candidates by name.
+    curves; multi-class (more than two `classes`, the target's labels): the winner's N x N
+    confusion matrix and its ROC and precision-recall curve per class. Regression: the winner's
+    predicted vs actual and residuals. All: the winner's feature importances. `models` are the
+    fitted candidates by name.
     """
     model = models[winner]
     builders: dict[str, Callable[[], Figure]] = {}
-    if task == "classification":
+    multiclass = task == "classification" and classes is not None and len(classes) > 2
+    if multiclass:
+
+        def probabilities() -> np.ndarray:
+            return class_probabilities(model, x_test, classes)
+
+        builders["confusion_matrix"] = lambda: confusion_matrix_figure(
+            y_test, model.predict(x_test), winner, target, classes
+        )
+        builders["roc_curves"] = lambda: per_class_roc_figure(y_test, probabilities(), classes, winner)
+        builders["precision_recall_curves"] = lambda: per_class_precision_recall_figure(
+            y_test, probabilities(), classes, winner
+        )
+    elif task == "classification":
+        # The positive class is the last of the target's labels (scikit-learn's classes_[1] without them).
+        positive = classes[-1] if classes is not None else model.classes_[1]
 
         def curves(draw: Callable[..., Figure]) -> Figure:
-            # predict_proba's second column is the probability of classes_[1], the positive class.
-            scores = {name: candidate.predict_proba(x_test)[:, 1] for name, candidate in models.items()}
-            return draw(y_test, scores, winner, positive_label=model.classes_[1])
+            scores = {name: class_probabilities(c, x_test, [positive])[:, 0] for name, c in models.items()}
+            return draw(y_test, scores, winner, positive_label=positive)
 
         builders["confusion_matrix"] = lambda: confusion_matrix_figure(y_test, model.predict(x_test), winner, target)
         builders["roc_curves"] = lambda: curves(roc_curves_figure)
@@ -315,7 +389,7 @@ def evaluation_plot_builders(
         )
         builders["residuals"] = lambda: residuals_figure(y_test, model.predict(x_test), winner, target)
     builders["feature_importances"] = lambda: feature_importances_figure(
-        feature_importances(model, x_test, y_test, metric, random_state), winner
+        feature_importances(model, x_test, y_test, metric, random_state, multiclass), winner
     )
     return builders
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import time
 from dataclasses import dataclass, field, replace
 
@@ -130,7 +131,7 @@ def split_train_test(
     is_current = ordered["batch_id"] == current_batch
     if not is_current.any():
         raise ValueError(f"no rows of batch {current_batch!r} among the features to split")
-    train, test = _divide(ordered[is_current], training.test_size, data, training)
+    train, test, stratified = _divide(ordered[is_current], training.test_size, data, training)
     train = pd.concat([ordered[~is_current], train]).reset_index(drop=True)
     test = test.reset_index(drop=True)
     provenance = SplitProvenance(
@@ -138,7 +139,7 @@ def split_train_test(
         seed=training.random_state,
         test_size=training.test_size,
         validation_size=0.0,
-        stratified=training.split.stratifies(data.task),
+        stratified=stratified,
         strategy=training.split.strategy,
         held_out_rows=len(test),
         held_out_ids_sha256=ids_hash(test[data.id_column]),
@@ -164,7 +165,7 @@ def carve_validation(split: TrainTestSplit, data: DataConfig, training: Training
     """
     provenance = replace(split.provenance, validation_size=training.validation_size)
     is_current = split.train["batch_id"] == split.provenance.batch
-    fit, validation = _divide(split.train[is_current], training.validation_size, data, training)
+    fit, validation, _ = _divide(split.train[is_current], training.validation_size, data, training)
     train = pd.concat([split.train[~is_current], fit]).reset_index(drop=True)
     carved = replace(split, train=train, validation=validation.reset_index(drop=True), provenance=provenance)
     assert_no_leak(carved)
@@ -173,14 +174,33 @@ def carve_validation(split: TrainTestSplit, data: DataConfig, training: Training
 
 def _divide(
     rows: pd.DataFrame, share: float, data: DataConfig, training: TrainingConfig
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """`rows` as (the rest, `share` of them) by the configured strategy."""
+) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
+    """`rows` as (the rest, `share` of them, whether stratified) by the configured strategy."""
     if training.split.strategy == "time":
         # Stable on the id order the rows arrive in, so rows of one time have a fixed order too.
         by_time = rows.sort_values(training.split.time_column, kind="stable")
-        return train_test_split(by_time, test_size=share, shuffle=False)
-    stratify = rows[data.target] if training.split.stratifies(data.task) else None
-    return train_test_split(rows, test_size=share, random_state=training.random_state, stratify=stratify)
+        return (*train_test_split(by_time, test_size=share, shuffle=False), False)
+    stratify = stratification(rows[data.target], share) if training.split.stratifies(data.task) else None
+    return (
+        *train_test_split(rows, test_size=share, random_state=training.random_state, stratify=stratify),
+        stratify is not None,
+    )
+
+
+def stratification(y: pd.Series, test_size: float) -> pd.Series | None:
+    """The labels to stratify a split of `y` by, or None for a plain seeded shuffle when they cannot be.
+
+    Stratifying keeps each class's share in both parts, which matters most for a rare class; but
+    scikit-learn refuses it for a class with a single row, or when the smaller part has fewer rows
+    than there are classes. A rare class must not crash the batch: the split is then not
+    stratified (recorded in `SplitProvenance.stratified`), and a class that lands only on one side
+    is reported as unseen in training (`labels_unseen_in_training`).
+    """
+    counts = y.value_counts()
+    smaller_part = min(math.ceil(test_size * len(y)), len(y) - math.ceil(test_size * len(y)))
+    if counts.min() < 2 or smaller_part < len(counts):
+        return None
+    return y
 
 
 def ids_hash(ids: pd.Series) -> str:

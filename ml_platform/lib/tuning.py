@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -138,11 +139,13 @@ def run_study(
     split: TrainTestSplit,
     random_state: int,
     metric: str,
+    classes: Sequence | None = None,
 ) -> StudyResult:
     """Run the study: each trial's params (the tuned ones over the fixed ones) fitted on each fold
     and scored by `metric`, averaged over the folds. A trial the estimator refuses is recorded as
     failed and the study goes on; none completing is an error. `timeout_seconds` is checked after
-    each trial (as Optuna's `optimize` does), so at least one trial runs."""
+    each trial (as Optuna's `optimize` does), so at least one trial runs. `classes` lay out the
+    probabilities as `lib.evaluation.predict` does: a fold may lack a rare class."""
     import optuna
     from optuna.trial import TrialState
 
@@ -162,7 +165,8 @@ def run_study(
             pipeline.fit(x_fit, fold.fit[split.target])
             for frame in (fold.fit, fold.scored):
                 rows_seen.update(frame[split.id_column].astype(str))
-            values.append(score(task, pipeline, fold.scored[split.feature_columns], fold.scored[split.target])[metric])
+            scored = fold.scored
+            values.append(score(task, pipeline, scored[split.feature_columns], scored[split.target], classes)[metric])
         return float(sum(values) / len(values))
 
     study = optuna.create_study(

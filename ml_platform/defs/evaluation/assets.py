@@ -8,7 +8,7 @@ from ml_platform.defs.evaluation.plots import publish_evaluation_plots
 from ml_platform.defs.partitions import batch_partitions
 from ml_platform.defs.registry_guard import REGISTRY_POOL
 from ml_platform.defs.retries import EXTERNAL_SYSTEM_RETRY, retry_only_transient
-from ml_platform.defs.training.assets import TrainedCandidate, TrainingData
+from ml_platform.defs.training.assets import TrainedCandidate, TrainingData, unseen_labels
 from ml_platform.lib.config import PlatformConfig, code_version
 from ml_platform.lib.evaluation import (
     PromotionDecision,
@@ -71,11 +71,15 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
                     "metrics": c.metrics,
                     "validation_metrics": c.validation_metrics,
                     "params": c.params,
+                    **({"per_class": c.per_class} if c.per_class else {}),
                     "mlflow_run_id": c.run_id,
                     "model_uri": c.model_uri,
                 }
                 for c in candidates.values()
             },
+            **({"classes": [str(label) for label in config.data.classes]} if task == "classification" else {}),
+            # Labels scored but never trained on: counted as misses, named here so nobody has to guess why.
+            "unseen_labels": unseen_labels(config.data, training_data.split),
         }
         path = reports.write_json(context.partition_key, "evaluation_report", report)
         plots = publish_evaluation_plots(context, config, report, table, training_data, reports, mlflow)
@@ -240,7 +244,7 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
         promotion = config.promotion
         champion_model = mlflow.store.load_model(f"models:/{promotion.registered_model_name}/{incumbent.version}")
         try:
-            champion_predictions = predict(task, champion_model, split.x_test)
+            champion_predictions = predict(task, champion_model, split.x_test, config.data.classes)
         except (ValueError, KeyError, TypeError) as error:  # the old model cannot read the new data
             return PromotionDecision(
                 "challenger",

@@ -117,6 +117,7 @@ def build_backtest_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
             metric=metric,
             mode=mode,
             role_excluded=role_excluded_columns(data),
+            classes=data.classes,
         )
         report = {
             "registered_model": model_name,

@@ -69,6 +69,7 @@ def publish_evaluation_plots(
             config.data.target,
             metric,
             config.training.random_state,
+            config.data.classes,
         )
     for name, build in builders.items():
         with _warn_on_failure(context, f"plot {name}"):

@@ -75,7 +75,7 @@ def build_experiment_job(platform: PlatformConfig) -> dg.JobDefinition:
         split = training_data.split
         spec = experiment.model
         fitted = fit_model(experiment.data.task, spec.type, spec.params, split, experiment.training.random_state)
-        metrics = score(experiment.data.task, fitted.pipeline, split.x_test, split.y_test)
+        metrics = score(experiment.data.task, fitted.pipeline, split.x_test, split.y_test, experiment.data.classes)
         store = dataclasses.replace(mlflow.store, experiment_name=config.experiment_name)
         run_id, model_uri = store.log_fitted_model(
             run_name=f"{experiment.name}-{batch}",

@@ -1,7 +1,7 @@
 """Training: the seeded train/test split and one model asset per configured algorithm."""
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
@@ -18,7 +18,15 @@ from ml_platform.lib.config import (
     code_version,
     fingerprint,
 )
-from ml_platform.lib.evaluation import Predictions, metrics_of, predict, score
+from ml_platform.lib.evaluation import (
+    Predictions,
+    labels_unseen_in_training,
+    metrics_of,
+    per_class_metrics,
+    per_class_run_metrics,
+    predict,
+    score,
+)
 from ml_platform.lib.mlflow_store import study_metrics
 from ml_platform.lib.provenance import frame_hash
 from ml_platform.lib.report_plots import PLOT_TITLES, image_markdown, objective_over_trials_figure, to_png
@@ -54,6 +62,8 @@ class TrainedCandidate:
     held_out: Predictions
     run_id: str
     model_uri: str
+    # Multi-class only: precision, recall and support of each label on the held-out rows.
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class ModelParamsConfig(dg.Config):
@@ -77,6 +87,12 @@ def build_training_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
     def training_data(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.Output[TrainingData]:
         training_set = prepare_training_data(context, config.data, config.training, warehouse, validation=True)
         split = training_set.split
+        unseen = unseen_labels(config.data, split)
+        if unseen:
+            context.log.warning(
+                f"Label(s) of {config.data.target!r} in the validation or held-out rows but not in the training "
+                f"rows: {', '.join(unseen)}; no model can predict them, they count as misses in the metrics"
+            )
         return dg.Output(
             training_set,
             metadata={
@@ -88,6 +104,7 @@ def build_training_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
                 "batches": ", ".join(training_set.batches),
                 "data_hash": training_set.data_hash,
                 "feature_columns": ", ".join(split.feature_columns),
+                **({"unseen_labels": ", ".join(unseen)} if unseen else {}),
             },
         )
 
@@ -109,6 +126,13 @@ def prepare_training_data(
     if validation:
         split = carve_validation(split, data, training)
     return TrainingData(split=split, batches=batches, data_hash=frame_hash(features))
+
+
+def unseen_labels(data: DataConfig, split: TrainTestSplit) -> list[str]:
+    """The target labels the models are scored on but never trained on (classification only)."""
+    if data.task != "classification":
+        return []
+    return labels_unseen_in_training(split.y_train, split.y_validation, split.y_test)
 
 
 def training_window(context: dg.OpExecutionContext, window: str, warehouse: WarehouseResource) -> list[str]:
@@ -159,23 +183,28 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
             **canonical_param_names(spec.type, spec.params),
             **canonical_param_names(spec.type, config.params),
         }
-        task = platform.data.task
+        task, classes = platform.data.task, platform.data.classes
         study = None
         if spec.search is not None:
             study = run_study(
-                task, spec.type, params, spec.search, split, platform.training.random_state, spec.search.metric
+                task, spec.type, params, spec.search, split, platform.training.random_state, spec.search.metric, classes
             )
             context.log.info(f"{name}: best of {len(study.trials)} trials: {study.best.params} ({study.scoring})")
             params = {**params, **study.best.params}
         fitted = fit_model(task, spec.type, params, split, platform.training.random_state)
-        held_out = predict(task, fitted.pipeline, split.x_test)
+        held_out = predict(task, fitted.pipeline, split.x_test, classes)
         metrics = metrics_of(task, split.y_test, held_out)
-        validation_metrics = score(task, fitted.pipeline, split.x_validation, split.y_validation)
+        validation_metrics = score(task, fitted.pipeline, split.x_validation, split.y_validation, classes)
+        per_class = per_class_metrics(split.y_test, held_out) if held_out.multiclass else {}
         run_id, model_uri = mlflow.store.log_fitted_model(
             run_name=f"{name}-{context.partition_key}",
             model_type=spec.type,
             fitted=fitted,
-            metrics={**metrics, **{f"validation_{metric}": value for metric, value in validation_metrics.items()}},
+            metrics={
+                **metrics,
+                **{f"validation_{metric}": value for metric, value in validation_metrics.items()},
+                **per_class_run_metrics(per_class),
+            },
             split=split,
             training=platform.training,
             data_hash=training_data.data_hash,
@@ -190,7 +219,7 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
             warnings.simplefilter("ignore", dg.BetaWarning)
             output = dg.Output(
                 TrainedCandidate(
-                    name, spec.type, fitted.params, metrics, validation_metrics, held_out, run_id, model_uri
+                    name, spec.type, fitted.params, metrics, validation_metrics, held_out, run_id, model_uri, per_class
                 ),
                 metadata={
                     **{metric: dg.MetadataValue.float(value) for metric, value in metrics.items()},
@@ -198,6 +227,7 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
                         f"validation_{metric}": dg.MetadataValue.float(value)
                         for metric, value in validation_metrics.items()
                     },
+                    **({"per_class": dg.MetadataValue.json(per_class)} if per_class else {}),
                     "fit_seconds": fitted.fit_seconds,
                     "mlflow_run_id": run_id,
                     "model_uri": model_uri,
