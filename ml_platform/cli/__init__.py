@@ -23,6 +23,7 @@ from ml_platform.cli.cluster import cluster_app, use_cluster
 from ml_platform.cli.common import console, dagster_instance, fail, load_platform_config
 from ml_platform.cli.experiments import experiment_app, experiments_app
 from ml_platform.cli.models import models_app
+from ml_platform.cli.predict import predict
 from ml_platform.cli.schedules import schedules_app
 from ml_platform.cli.status import status
 from ml_platform.cli.ui import ui
@@ -36,6 +37,7 @@ app.add_typer(experiment_app, name="experiment")
 app.add_typer(experiments_app, name="experiments")
 app.add_typer(models_app, name="models")
 app.add_typer(schedules_app, name="schedules")
+app.command("predict")(predict)
 app.command("status")(status)
 app.command("ui")(ui)
 
