@@ -121,20 +121,20 @@ class ModelOutputs:
     classes: tuple = ()
 
 
-def model_inputs(features: pd.DataFrame, input_schema) -> pd.DataFrame:
-    """The columns the model's signature takes, with its numbers as floats (training feeds numbers as
-    floats, so a column without a null in this batch is still the type the signature recorded).
+def model_inputs(features: pd.DataFrame, signature_types: dict[str, str]) -> pd.DataFrame:
+    """The columns the model's signature takes (`signature_types`: column to MLflow type name), with its
+    numbers as floats: training feeds numbers as floats, so a whole-number column still has the type the
+    signature recorded.
 
     Raises ValueError naming the columns the features lack.
     """
-    names = input_schema.input_names()
-    missing = [name for name in names if name not in features.columns]
+    missing = [name for name in signature_types if name not in features.columns]
     if missing:
         raise ValueError(f"the features lack column(s) the model's signature takes: {', '.join(missing)}")
-    inputs = features[names].copy()
-    for spec in input_schema.inputs:
-        if str(spec.type) in ("double", "float"):
-            inputs[spec.name] = inputs[spec.name].astype("float64")
+    inputs = features[list(signature_types)].copy()
+    for name, type_name in signature_types.items():
+        if type_name in ("double", "float"):
+            inputs[name] = inputs[name].astype("float64")
     return inputs
 
 
@@ -142,7 +142,8 @@ def model_outputs(model, features: pd.DataFrame) -> ModelOutputs:
     """Score `features` with a loaded `mlflow.pyfunc` model: labels through pyfunc, which checks the
     rows against the signature; a classifier's probabilities from the same loaded scikit-learn model
     (pyfunc's `predict` of a classifier returns labels only)."""
-    inputs = model_inputs(features, model.metadata.get_input_schema())
+    schema = model.metadata.get_input_schema()
+    inputs = model_inputs(features, {spec.name: spec.type.name for spec in schema.inputs})
     labels = np.asarray(model.predict(inputs))
     estimator = model.get_raw_model()
     if not hasattr(estimator, "predict_proba"):
