@@ -72,9 +72,10 @@ def predict(
             dbt.build_all(dbt_vars(config, batch_id, str(warehouse.root)), exclude=TESTS_NOT_FOR_SCORING)
 
         try:
-            # The contract first: a file that cannot be scored is reported before the registry is read.
-            features = features_to_score(file, data, Path(scratch) / "warehouse", build_features)
+            # Resolved once, first: a mistyped model fails before the file's features are built, and
+            # the version printed and written is the one used even if the alias moves meanwhile.
             scoring = resolve_model(store.client(), reference)
+            features = features_to_score(file, data, Path(scratch) / "warehouse", build_features)
             scored = score_features(store.load_pyfunc(scoring.uri), features, data.id_column, scoring)
         except (BatchRejected, ModelReferenceError, DbtBuildError) as error:
             fail(str(error))
