@@ -78,7 +78,7 @@ def predict(
             features = features_to_score(file, data, Path(scratch) / "warehouse", build_features)
             scored = score_features(store.load_pyfunc(scoring.uri), features, data.id_column, scoring)
         except (BatchRejected, ModelReferenceError, DbtBuildError) as error:
-            fail(str(error))
+            fail(" ".join(line.strip() for line in str(error).splitlines()))  # the contract's list, on one line
     _write_atomically(scored, target)
     console.print(
         f"scored {len(scored)} rows of {file} with {scoring.name} v{scoring.version} (run {scoring.run_id})",
