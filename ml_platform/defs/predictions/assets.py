@@ -6,7 +6,7 @@ from ml_platform.defs.evaluation.plots import CHAMPION_KEY
 from ml_platform.defs.partitions import batch_partitions
 from ml_platform.defs.retries import EXTERNAL_SYSTEM_RETRY, retry_only_transient
 from ml_platform.defs.training.assets import FEATURES_KEY
-from ml_platform.lib.config import PlatformConfig
+from ml_platform.lib.config import PlatformConfig, fingerprint
 from ml_platform.lib.predictions import (
     CHAMPION_ALIAS,
     PREDICTIONS_TABLE,
@@ -35,7 +35,8 @@ def build_prediction_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
         kinds={"mlflow", "duckdb"},
         # After champion_model: the batch is scored by the champion its own decision left.
         deps=[FEATURES_KEY, CHAMPION_KEY],
-        code_version="1",
+        # What it reads of the config: a gate or model change re-scores through champion_model's data version.
+        code_version=fingerprint({"registered_model": model_name, "id_column": id_column}),
         retry_policy=EXTERNAL_SYSTEM_RETRY,
         description=f"The batch's features scored by {model_name}@{CHAMPION_ALIAS} (the version it named when "
         f"the step ran, recorded on every row), written as table `{PREDICTIONS_TABLE}` in the batch's DuckDB file.",
