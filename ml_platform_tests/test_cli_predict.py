@@ -52,7 +52,7 @@ def test_predict_scores_a_file_without_labels_with_the_champion_or_the_version_a
         "model_run_id",
     ]
     assert len(written) == 300 and written["customer_id"].is_unique
-    assert set(written["model_version"].astype(str)) == {champion.version}
+    assert set(written["model_version"].astype(str)) == {str(champion.version)}
     assert set(written["model_run_id"]) == {champion.run_id}
     assert written["score"].between(0, 1).all()
 
