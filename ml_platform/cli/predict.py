@@ -35,6 +35,8 @@ def predict(
 
     The target column may be absent. Example: ml-platform predict new_customers.csv --model churn_classifier/3
     """
+    from mlflow.exceptions import MlflowException
+
     from ml_platform.defs.features.assets import DBT_PROJECT, dbt_vars
     from ml_platform.lib.ingestion import BatchRejected
     from ml_platform.lib.mlflow_store import MlflowStore
@@ -76,9 +78,12 @@ def predict(
             # the version printed and written is the one used even if the alias moves meanwhile.
             scoring = resolve_model(store.client(), reference)
             features = features_to_score(file, data, Path(scratch) / "warehouse", build_features)
-            scored = score_features(store.load_pyfunc(scoring.uri), features, data.id_column, scoring)
         except (BatchRejected, ModelReferenceError, DbtBuildError) as error:
             fail(" ".join(line.strip() for line in str(error).splitlines()))  # the contract's list, on one line
+        try:
+            scored = score_features(store.load_pyfunc(scoring.uri), features, data.id_column, scoring)
+        except (ValueError, MlflowException) as error:  # a model whose signature these features do not fit
+            fail(f"{scoring.uri} cannot score {file}: {str(error).splitlines()[0][:300]}")
     _write_atomically(scored, target)
     console.print(
         f"scored {len(scored)} rows of {file} with {scoring.name} v{scoring.version} (run {scoring.run_id})",
