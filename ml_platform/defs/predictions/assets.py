@@ -45,6 +45,8 @@ def build_prediction_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
     def predictions(
         context: dg.AssetExecutionContext, warehouse: WarehouseResource, mlflow: MlflowTrackingResource
     ) -> dg.MaterializeResult:
+        from mlflow.exceptions import MlflowException  # imported when scoring: loading the definitions stays quick
+
         batch, store = context.partition_key, warehouse.warehouse
         try:
             # Resolved once, before loading: the alias may move meanwhile, this version stays the one used.
@@ -53,7 +55,17 @@ def build_prediction_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
             # Only a champion removed by hand gets here: champion_model always leaves one.
             raise dg.Failure(f"batch {batch} not scored: {error}", allow_retries=False) from None
         features = store.read_table([batch], "features")
-        scored = score_features(mlflow.store.load_pyfunc(champion.uri), features, id_column, champion)
+        model = mlflow.store.load_pyfunc(champion.uri)
+        try:
+            scored = score_features(model, features, id_column, champion)
+        except (ValueError, MlflowException) as error:
+            # The data set changed shape and the gate kept the old champion (it could not be compared):
+            # the batch is recorded as not scored, and the run goes on, as champion_model's does.
+            reason = f"{champion.uri} cannot score this batch's features ({str(error).splitlines()[0][:300]})"
+            context.log.warning(f"batch {batch} not scored: {reason}")
+            return dg.MaterializeResult(
+                metadata={"status": "not scored", "reason": reason, "model_version": champion.version}
+            )
         store.write_table(batch, PREDICTIONS_TABLE, scored)
         context.log.info(f"Scored {len(scored)} rows of {batch} with {champion.uri}")
         return dg.MaterializeResult(metadata=prediction_metadata(scored, champion, store.batch_database(batch)))
