@@ -23,6 +23,7 @@ EXPECTED_GROUPS = {
     "random_forest_model": "training",
     "evaluation_report": "evaluation",
     "champion_model": "evaluation",
+    "predictions": "predictions",
     "champion_backtest": "evaluation",
 }
 EXPECTED_CHECKS = {
@@ -115,6 +116,7 @@ def test_the_graph_flows_from_ingestion_to_the_champion(tmp_path: Path):
         "gradient_boosting_model",
         "logistic_regression_model",
     }
+    assert parents("predictions") == {"features", "champion_model"}  # scored after the batch's own decision
 
 
 def test_one_model_asset_per_configured_algorithm(tmp_path: Path):

@@ -24,6 +24,7 @@ PIPELINE_ASSETS = {
     "logistic_regression_model",
     "evaluation_report",
     "champion_model",
+    "predictions",
 }
 
 
@@ -313,3 +314,8 @@ def test_a_champion_that_cannot_read_the_new_features_is_kept_and_the_winner_is_
     assert challenger.tags["batch"] == "batch_0003"
     reason = challenger.tags["promotion_reason"]
     assert f"the champion (v{champion}) cannot be scored on this batch's held-out data" in reason
+    # Nor can it score the batch: recorded as not scored, and the run still succeeds.
+    (scored,) = platform.instance.fetch_materializations(dg.AssetKey("predictions"), limit=1).records
+    metadata = scored.asset_materialization.metadata
+    assert scored.partition_key == "batch_0003" and metadata["status"].value == "not scored"
+    assert "lack column(s) the model's signature takes: region" in metadata["reason"].value

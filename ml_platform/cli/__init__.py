@@ -24,6 +24,7 @@ from ml_platform.cli.common import console, dagster_instance, fail, load_platfor
 from ml_platform.cli.experiments import experiment_app, experiments_app
 from ml_platform.cli.init_config import init_config
 from ml_platform.cli.models import models_app
+from ml_platform.cli.predict import predict
 from ml_platform.cli.schedules import schedules_app
 from ml_platform.cli.status import status
 from ml_platform.cli.tune import tune
@@ -38,6 +39,7 @@ app.add_typer(experiment_app, name="experiment")
 app.add_typer(experiments_app, name="experiments")
 app.add_typer(models_app, name="models")
 app.add_typer(schedules_app, name="schedules")
+app.command("predict")(predict)
 app.command("status")(status)
 app.command("tune")(tune)
 app.command("init-config")(init_config)

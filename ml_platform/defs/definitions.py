@@ -15,6 +15,7 @@ from ml_platform.defs.ingestion.assets import build_ingestion_assets
 from ml_platform.defs.jobs import batch_pipeline_job, batch_pipeline_parallel_job
 from ml_platform.defs.monitoring.dead_runs import build_dead_run_sensor
 from ml_platform.defs.monitoring.sensors import build_monitoring_sensors
+from ml_platform.defs.predictions.assets import build_prediction_assets
 from ml_platform.defs.training.assets import build_training_assets
 from ml_platform.lib.config import PlatformConfig
 from ml_platform.lib.settings import Settings
@@ -68,6 +69,7 @@ def build_batch_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
         *build_feature_assets(config),
         *build_training_assets(config),
         *build_evaluation_assets(config),
+        *build_prediction_assets(config),
     ]
 
 

@@ -18,7 +18,7 @@ def _whole_pipeline(name: str, description: str, **kwargs):
 
 batch_pipeline_job = _whole_pipeline(
     "batch_pipeline",
-    "Ingest one batch, build its features with dbt, train every candidate, evaluate, promote. "
+    "Ingest one batch, build its features with dbt, train every candidate, evaluate, promote, score with the champion. "
     "All steps in one process: 35 s against 74 s for a process per step on a 5,000-row batch (2 cores).",
 )
 

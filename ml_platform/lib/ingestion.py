@@ -112,11 +112,17 @@ def ingest_batch(
     con: duckdb.DuckDBPyConnection,
     table: str = "raw_batch",
     training: TrainingConfig | None = None,
+    require_target: bool = True,
 ) -> BatchSummary:
     """Validate the batch file at `path` and create `table` in `con` with the contract's types.
 
     Padding is stripped from every field first, and a blank number is a missing value. With
     `training`, a batch with too few rows for its split (`minimum_rows_to_split`) is refused too.
+
+    `require_target=False` is for a file to score (`ml-platform predict`): new data has no labels yet,
+    so the target column may be absent (it is then all nulls, so the features SQL that names it still
+    builds) or blank, and one class is enough. Every other column is checked as for training.
+
     Raises BatchValidationError, before `table` exists, on any breach of the contract.
     """
     if not path.is_file():
@@ -125,13 +131,16 @@ def ingest_batch(
         raise BatchValidationError(path, ["file is empty (0 bytes); expected a header and data rows"])
 
     header = _read_header(path, data)
-    _check_header(path, header, data)
+    optional = () if require_target else (data.target,)
+    _check_header(path, header, data, optional)
     text_columns = _land(path, header, con, data)
     try:
+        if data.target not in header:
+            con.execute(f'ALTER TABLE landed ADD COLUMN "{data.target}" VARCHAR')
         rows = con.execute("SELECT count(*) FROM landed").fetchone()[0]
         if rows == 0:
             raise BatchValidationError(path, ["file has a header but no data rows"])
-        problems = _contract_problems(con, data)
+        problems = _contract_problems(con, data, require_target)
         if training is not None and not problems:
             problems = _split_problems(con, data, training, rows)
         if problems:
@@ -300,9 +309,9 @@ def _read_header(path: Path, data: DataConfig) -> list[str]:
         ) from None
 
 
-def _check_header(path: Path, header: list[str], data: DataConfig) -> None:
+def _check_header(path: Path, header: list[str], data: DataConfig, optional: Sequence[str] = ()) -> None:
     problems = []
-    missing = [name for name in data.columns if name not in header]
+    missing = [name for name in data.columns if name not in header and name not in optional]
     unexpected = [name for name in header if name not in data.columns]
     repeated = sorted({name for name in header if header.count(name) > 1})
     if missing:
@@ -380,17 +389,18 @@ def _split_problems(con: duckdb.DuckDBPyConnection, data: DataConfig, training: 
     classes = None
     if training.split.stratifies(data.task):
         target_type = SQL_TYPES[data.columns[data.target].type]
-        classes = con.execute(f'SELECT count(DISTINCT CAST("{data.target}" AS {target_type})) FROM landed').fetchone()[
-            0
-        ]
+        distinct = f'SELECT count(DISTINCT CAST("{data.target}" AS {target_type})) FROM landed'
+        classes = con.execute(distinct).fetchone()[0]
     if rows < (minimum := minimum_rows_to_split(training, classes)):
         return [f"{rows} rows; at least {minimum} rows are needed to split {_split_requirement(training, classes)}"]
     return []
 
 
-def _contract_problems(con: duckdb.DuckDBPyConnection, data: DataConfig) -> list[str]:
+def _contract_problems(con: duckdb.DuckDBPyConnection, data: DataConfig, require_target: bool = True) -> list[str]:
     problems = []
     for name, spec in data.columns.items():
+        if name == data.target and not require_target:
+            spec = spec.model_copy(update={"nullable": True})
         for condition, expected in _rules(name, spec):
             count, row, value = con.execute(
                 f'SELECT count(*), min(_row), arg_min(CAST("{name}" AS VARCHAR), _row) FROM landed WHERE {condition}'
@@ -408,7 +418,7 @@ def _contract_problems(con: duckdb.DuckDBPyConnection, data: DataConfig) -> list
     for value, rows in duplicates:
         shown = ", ".join(map(str, rows[:5]))
         problems.append(f"column '{data.id_column}': expected unique ids; {value!r} appears in data rows {shown}")
-    if data.task == "classification" and not problems:
+    if data.task == "classification" and require_target and not problems:
         # Counted after the cast: '0' and '0.0', or 'true' and 'True', are one class to a model.
         target_type = SQL_TYPES[data.columns[data.target].type]
         classes = [

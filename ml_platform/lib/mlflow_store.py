@@ -277,6 +277,13 @@ class MlflowStore:
         with tracking_uri_in_use(self.tracking_uri):
             return mlflow.sklearn.load_model(model_uri)
 
+    def load_pyfunc(self, model_uri: str):
+        """The model as `mlflow.pyfunc` serves it: its `predict` checks the input against the signature."""
+        import mlflow.pyfunc
+
+        with tracking_uri_in_use(self.tracking_uri):
+            return mlflow.pyfunc.load_model(model_uri)
+
     def version_for_run(self, model_name: str, run_id: str):
         """The version of `model_name` registered from `run_id`, or None: what a retried step registered."""
         versions = self.client().search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")

@@ -257,6 +257,17 @@ def residuals_figure(y_true, y_pred, model_name: str, target: str) -> Figure:
     return figure
 
 
+def score_histogram_figure(scores, label: str, title: str) -> Figure:
+    """How a model's scores (or predicted values) are spread over the rows it scored."""
+    values = np.asarray(scores, dtype=float)
+    figure, axes = _figure(6.4, 3.6)
+    axes.hist(values, bins=30, color=colormaps["tab10"].colors[0], edgecolor="white")
+    axes.set_xlabel(label)
+    axes.set_ylabel("rows")
+    axes.set_title(title)
+    return figure
+
+
 # Feature importances ----------------------------------------------------------------------------
 
 

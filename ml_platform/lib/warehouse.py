@@ -155,6 +155,20 @@ class Warehouse:
                 leftover.unlink(missing_ok=True)
         return result
 
+    def write_table(self, batch_id: str, table: str, frame: pd.DataFrame) -> None:
+        """Replace `table` in the batch's existing database with `frame`, under the batch's writer lock.
+
+        One transaction: a reader sees the previous table or the new one, never a half-written one.
+        """
+        path = self.batch_database(batch_id)
+        if not path.exists():
+            raise FileNotFoundError(f"batch {batch_id!r} has no warehouse database at {path}; ingest it first")
+        with self.writing(batch_id), duckdb.connect(str(path)) as con:
+            con.register("new_rows", frame)
+            con.execute("BEGIN TRANSACTION")
+            con.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT * FROM new_rows')
+            con.execute("COMMIT")
+
     def read_table(self, batch_ids: Sequence[str], table: str, timeout_s: float = 60.0) -> pd.DataFrame:
         """`table` from each batch's database, stacked in the order given.
 

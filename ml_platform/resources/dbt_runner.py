@@ -49,7 +49,6 @@ class DbtRunnerResource(dg.ConfigurableResource):
         """
         import json
 
-        from dbt.cli.main import dbtRunner
         from dbt_common.events.functions import msg_to_dict
 
         manifest_path = Path(self.project_dir) / "target" / "manifest.json"
@@ -58,10 +57,48 @@ class DbtRunnerResource(dg.ConfigurableResource):
             context=context, manifest=manifest_json, dagster_dbt_translator=translator
         )
         target_path = Path(self.runs_dir) / f"{context.run.run_id[:8]}-{uuid.uuid4().hex[:7]}"
-        args = [
-            "build",
+        selection = [
             *params.selection_args,
             *(["--indirect-selection", params.indirect_selection] if params.indirect_selection else []),
+        ]
+        raw_events: list[dict] = []
+
+        def keep_results(event) -> None:
+            if event.info.name in RESULT_EVENTS:
+                raw_events.append(msg_to_dict(event))
+
+        result = self._invoke(selection, variables, target_path, callbacks=[keep_results])
+        for raw in raw_events:
+            yield from DbtCoreCliEventMessage(raw_event=raw, event_history_metadata={}).to_default_asset_events(
+                manifest=manifest_json, dagster_dbt_translator=translator, context=context, target_path=target_path
+            )
+        if problem := _build_problem(result, target_path):
+            raise dg.Failure(problem)
+        # Keep the artifacts of failed builds to debug; successful ones are in the event log.
+        shutil.rmtree(target_path, ignore_errors=True)
+
+    def build_all(self, variables: dict[str, str], exclude: tuple[str, ...] = ()) -> None:
+        """`dbt build` of every model and test but `exclude`, with no Dagster run around it (`ml-platform
+        predict` builds a file's features this way, in a scratch warehouse).
+
+        Raises DbtBuildError naming the failed nodes.
+        """
+        target_path = Path(self.runs_dir) / f"build-{uuid.uuid4().hex[:7]}"
+        result = self._invoke(["--exclude", *exclude] if exclude else [], variables, target_path, callbacks=[])
+        if problem := _build_problem(result, target_path):
+            raise DbtBuildError(problem)
+        shutil.rmtree(target_path, ignore_errors=True)
+
+    def _invoke(self, selection: list[str], variables: dict[str, str], target_path: Path, callbacks: list):
+        """`dbt build` with `selection` on the manifest parsed once per process; its connections closed after."""
+        import json
+
+        from dbt.cli.main import dbtRunner
+
+        manifest_path = Path(self.project_dir) / "target" / "manifest.json"
+        args = [
+            "build",
+            *selection,
             "--vars",
             json.dumps(variables),
             "--project-dir",
@@ -76,34 +113,31 @@ class DbtRunnerResource(dg.ConfigurableResource):
             "--no-use-colors",
             "--no-send-anonymous-usage-stats",
         ]
-        raw_events: list[dict] = []
-
-        def keep_results(event) -> None:
-            if event.info.name in RESULT_EVENTS:
-                raw_events.append(msg_to_dict(event))
-
         manifest = _parsed_manifest(
             self.project_dir, self.profiles_dir, self.runs_dir, manifest_path.stat().st_mtime_ns
         )
         try:
-            result = dbtRunner(manifest=manifest, callbacks=[keep_results]).invoke(args)
+            return dbtRunner(manifest=manifest, callbacks=callbacks).invoke(args)
         finally:
             _close_dbt_connections()
-        for raw in raw_events:
-            yield from DbtCoreCliEventMessage(raw_event=raw, event_history_metadata={}).to_default_asset_events(
-                manifest=manifest_json, dagster_dbt_translator=translator, context=context, target_path=target_path
-            )
-        if result.exception is not None:
-            raise dg.Failure(f"dbt build did not run: {result.exception}")
-        failed = [r for r in result.result.results if str(r.status) in ("error", "fail")]
-        if failed:
-            raise dg.Failure(
-                "dbt build failed: "
-                + "; ".join(f"{r.node.resource_type} {r.node.name}: {r.message}" for r in failed)
-                + f" (run artifacts in {target_path})"
-            )
-        # Keep the artifacts of failed builds to debug; successful ones are in the event log.
-        shutil.rmtree(target_path, ignore_errors=True)
+
+
+class DbtBuildError(RuntimeError):
+    """A `dbt build` outside Dagster that did not run, or whose models or tests failed."""
+
+
+def _build_problem(result, target_path: Path) -> str | None:
+    """What went wrong in a `dbt build`, naming the failed nodes; None when everything passed."""
+    if result.exception is not None:
+        return f"dbt build did not run: {result.exception}"
+    failed = [r for r in result.result.results if str(r.status) in ("error", "fail")]
+    if not failed:
+        return None
+    return (
+        "dbt build failed: "
+        + "; ".join(f"{r.node.resource_type} {r.node.name}: {r.message}" for r in failed)
+        + f" (run artifacts in {target_path})"
+    )
 
 
 @functools.lru_cache(maxsize=2)
