@@ -107,6 +107,12 @@ class TrainTestSplit:
         return self.test[self.id_column].astype(str).tolist()
 
 
+def model_feature_columns(columns, data: DataConfig) -> list[str]:
+    """The columns a model reads: every column but the target, the id and the bookkeeping ones."""
+    excluded = {data.target, data.id_column, *NON_FEATURE_COLUMNS}
+    return [column for column in columns if column not in excluded]
+
+
 def split_train_test(
     features: pd.DataFrame, data: DataConfig, training: TrainingConfig, current_batch: str
 ) -> TrainTestSplit:
@@ -118,8 +124,7 @@ def split_train_test(
     Rows are sorted by id first so the split depends on the data, not on the order it was read in.
     """
     ordered = features.sort_values([*NON_FEATURE_COLUMNS, data.id_column], kind="stable").reset_index(drop=True)
-    excluded = {data.target, data.id_column, *NON_FEATURE_COLUMNS}
-    feature_columns = [column for column in ordered.columns if column not in excluded]
+    feature_columns = model_feature_columns(ordered.columns, data)
     # Numbers go to the model as floats: an integer column with a null in one batch and none in
     # the next would otherwise change the registered model's input schema between batches.
     numeric = [c for c in feature_columns if pd.api.types.is_numeric_dtype(ordered[c])]
