@@ -171,7 +171,7 @@ def test_the_champion_compared_with_is_the_newest_trained_before_the_batch():
     assert reference_champion([("9", None)], ordered, "b4") is None  # a version without a batch tag
 
 
-def test_drift_retrains_when_on_drifted_and_a_model_is_older_than_the_report():
+def test_drift_retrains_when_on_drifted_and_a_model_was_trained_before_the_reports_run():
     trained = {"random_forest_model": 100.0, "ridge_model": 200.0}
     reason = drift_retraining_reason(True, DRIFT, 0.4, "batch_0001", 150.0, trained)
     assert (
@@ -180,7 +180,7 @@ def test_drift_retrains_when_on_drifted_and_a_model_is_older_than_the_report():
     )
     assert drift_retraining_reason(False, DRIFT, 0.4, "batch_0001", 150.0, trained) is None
     assert drift_retraining_reason(True, NO_DRIFT, 0.1, "batch_0001", 150.0, trained) is None
-    # Retrained after the report: the models have seen the drifted data; a rerun would change nothing.
+    # Trained since the report's run started (in that run, or later): a rerun would change nothing.
     assert drift_retraining_reason(True, DRIFT, 0.4, "batch_0001", 50.0, trained) is None
     assert drift_retraining_reason(True, DRIFT, 0.4, None, 50.0, {"m": None}).endswith(
         "of the features drifted; trained before the report: m"

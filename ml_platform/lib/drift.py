@@ -227,20 +227,20 @@ def drift_retraining_reason(
     verdict: str,
     share_drifted: float,
     reference: str | None,
-    report_at: float,
+    report_run_started_at: float,
     models_trained_at: Mapping[str, float | None],
 ) -> str | None:
     """Why drift retrains a batch, or None when it does not.
 
     It does when the switch is on, the batch's latest drift report says DRIFT, and a model of the
-    batch was last trained before that report (or never): a model trained after the report has seen
-    the drifted data already, so retraining it again would change nothing.
+    batch was last trained before the run that wrote that report started (or never). A model trained
+    since, in the same run (the pipeline runs both) or a later one, was fitted on the data the report
+    judged: retraining it on the same rows with the same seed would change nothing. So it fires when
+    the report is newer than the models: recomputed against a new champion, or under new thresholds.
     """
     if not retrain_on_drift or verdict != DRIFT:
         return None
-    older = sorted(
-        name for name, trained_at in models_trained_at.items() if trained_at is None or trained_at < report_at
-    )
+    older = sorted(name for name, at in models_trained_at.items() if at is None or at < report_run_started_at)
     if not older:
         return None
     against = f" against {reference}" if reference else ""

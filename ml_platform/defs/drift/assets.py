@@ -7,8 +7,6 @@ the report, it compares with the newest holder of `@champion` (from the alias hi
 trained on a batch earlier than this one: the champion as it stood before this batch.
 """
 
-from __future__ import annotations
-
 import dagster as dg
 import pandas as pd
 from filelock import FileLock
