@@ -12,11 +12,13 @@ from ml_platform.lib.drift import (
     DRIFT,
     DRIFTED,
     NO_DRIFT,
+    NO_REFERENCE,
     NOT_ENOUGH_ROWS,
     STABLE,
     assess_drift,
     assess_prediction_drift,
     compare_feature,
+    drift_report_content,
     drift_retraining_reason,
     drift_table_markdown,
     population_stability_index,
@@ -197,3 +199,20 @@ def test_the_markdown_table_and_the_plot_show_every_feature():
     assert [label.get_text() for label in axes.get_yticklabels()] == ["plan", "price"]
     assert axes.get_legend().get_texts()[0].get_text() == "PSI threshold 0.2"
     assert to_png(figure).startswith(b"\x89PNG")
+
+
+def test_a_first_batch_without_a_champion_has_nothing_to_compare_with():
+    report = drift_report_content("b1", None, None, {}, None, CONFIG)
+    assert report["verdict"] == NO_REFERENCE and report["reference_batch"] is None
+    assert report["note"] == "first batch and no champion: nothing to compare with"
+
+
+def test_the_verdict_is_against_the_champion_else_against_the_previous_batch():
+    stable = assess_drift(sample(1), sample(2), ["price"], CONFIG)
+    shifted = assess_drift(sample(1), sample(2, shift=8), ["price"], CONFIG)
+    alone = drift_report_content("b3", None, "b2", {"previous_batch": shifted}, None, CONFIG)
+    assert (alone["verdict"], alone["verdict_against"], alone["reference_batch"]) == (DRIFT, "previous_batch", "b2")
+    assert alone["note"].startswith("no champion trained before this batch yet")
+    both = drift_report_content("b3", ("1", "b1"), "b2", {"champion": stable, "previous_batch": shifted}, None, CONFIG)
+    assert (both["verdict"], both["verdict_against"], both["reference_batch"]) == (NO_DRIFT, "champion", "b1")
+    assert both["against_previous_batch"]["drifted"] == ["price"]

@@ -36,7 +36,7 @@ MAX_LEVELS = 50
 MAX_LISTED_LEVELS = 10
 
 DRIFTED, STABLE, NOT_ENOUGH_ROWS = "drifted", "stable", "not enough rows"
-DRIFT, NO_DRIFT = "drift", "no drift"
+DRIFT, NO_DRIFT, NO_REFERENCE = "drift", "no drift", "no reference"
 
 
 @dataclass(frozen=True)
@@ -245,6 +245,45 @@ def drift_retraining_reason(
         return None
     against = f" against {reference}" if reference else ""
     return f"drift: {share_drifted:.0%} of the features drifted{against}; trained before the report: {', '.join(older)}"
+
+
+def drift_report_content(
+    batch: str,
+    champion: tuple[str, str] | None,
+    previous: str | None,
+    against: Mapping[str, DriftAssessment],
+    prediction: dict | None,
+    config: DriftConfig,
+) -> dict:
+    """`reports/<batch>/drift_report.json`. `against` holds the assessments against the champion's
+    training batch ("champion") and the previous batch ("previous_batch"), whichever exist; the verdict
+    is the champion's when there is one (what the model in use was fitted on), else the previous batch's.
+    """
+    verdict_against = next((name for name in ("champion", "previous_batch") if name in against), None)
+    primary = against.get(verdict_against)
+    return {
+        "batch": batch,
+        "verdict": primary.verdict if primary else NO_REFERENCE,
+        "share_drifted": primary.share_drifted if primary else 0.0,
+        "drifted_features": primary.drifted if primary else [],
+        "verdict_against": verdict_against,
+        "reference_batch": champion[1] if champion else previous,
+        "champion": {"version": champion[0], "batch": champion[1]} if champion else None,
+        "previous_batch": previous,
+        "note": _reference_note(champion, previous),
+        "thresholds": config.model_dump(mode="json"),
+        "against_champion": against["champion"].as_json() if "champion" in against else None,
+        "against_previous_batch": against["previous_batch"].as_json() if "previous_batch" in against else None,
+        "prediction_drift": prediction,
+    }
+
+
+def _reference_note(champion: tuple[str, str] | None, previous: str | None) -> str:
+    if champion:
+        return f"verdict against the champion v{champion[0]}'s training batch {champion[1]}"
+    if previous:
+        return f"no champion trained before this batch yet: verdict against the previous batch {previous}"
+    return "first batch and no champion: nothing to compare with"
 
 
 def drift_table_markdown(assessment: DriftAssessment) -> str:

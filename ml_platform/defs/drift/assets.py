@@ -14,12 +14,13 @@ from filelock import FileLock
 from ml_platform.defs.partitions import batch_partitions
 from ml_platform.defs.training.assets import FEATURES_KEY
 from ml_platform.lib.batches import batches_up_to
-from ml_platform.lib.config import PlatformConfig, code_version, fingerprint
+from ml_platform.lib.config import DriftConfig, PlatformConfig, code_version, fingerprint
 from ml_platform.lib.drift import (
     DRIFT,
     DriftAssessment,
     assess_drift,
     assess_prediction_drift,
+    drift_report_content,
     drift_table_markdown,
     reference_champion,
     score_columns,
@@ -35,7 +36,6 @@ from ml_platform.resources.reports import ReportsResource
 from ml_platform.resources.warehouse import WarehouseResource
 
 DRIFT_REPORT_KEY = dg.AssetKey("drift_report")
-NO_REFERENCE = "no reference"
 # The reports whose notification was sent, per batch; the newest kept.
 NOTIFIED_FILE = "drift_notified"
 MAX_NOTIFIED = 20
@@ -76,45 +76,27 @@ def build_drift_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
             if reference
         }
         against = {name: assess_drift(frame, features, columns, drift) for name, frame in references.items()}
-        primary_name = next(iter(against), None)
-        primary = against.get(primary_name)
         prediction, prediction_assessment = (
             prediction_drift(config, mlflow, champion, references["champion"], features) if champion else (None, None)
         )
-        report = {
-            "batch": batch,
-            "verdict": primary.verdict if primary else NO_REFERENCE,
-            "share_drifted": primary.share_drifted if primary else 0.0,
-            "drifted_features": primary.drifted if primary else [],
-            "verdict_against": primary_name,
-            "champion": {"version": champion[0], "batch": champion[1]} if champion else None,
-            "previous_batch": previous,
-            "thresholds": drift.model_dump(mode="json"),
-            "against_champion": against["champion"].as_json() if "champion" in against else None,
-            "against_previous_batch": against["previous_batch"].as_json() if "previous_batch" in against else None,
-            "prediction_drift": prediction,
-            "note": reference_note(champion, previous),
-        }
+        report = drift_report_content(batch, champion, previous, against, prediction, drift)
         path = reports.write_json(batch, "drift_report", report)
         metadata = {
-            "verdict": report["verdict"],
+            **{key: report[key] or "none" for key in ("verdict", "reference_batch", "previous_batch", "note")},
             "share_drifted": dg.MetadataValue.float(report["share_drifted"]),
             "drifted_features": ", ".join(report["drifted_features"]) or "none",
-            "reference_batch": (champion and champion[1]) or previous or "none",
             "champion_version": champion[0] if champion else "none",
-            "previous_batch": previous or "none",
-            "note": report["note"],
             "report_file": dg.MetadataValue.path(str(path)),
         }
-        if primary:
-            png = to_png(psi_figure(primary, drift.psi_threshold, drift.share_bar, batch, metadata["reference_batch"]))
+        if primary := against.get(report["verdict_against"]):
+            png = to_png(psi_figure(primary, drift, batch, report["reference_batch"]))
             reports.write_bytes(batch, "drift_psi.png", png)
             metadata["features"] = dg.MetadataValue.md(drift_table_markdown(primary))
             metadata["psi_plot"] = dg.MetadataValue.md(image_markdown("PSI per feature", png))
-        if prediction_assessment:
-            metadata["prediction_drift"] = dg.MetadataValue.md(drift_table_markdown(prediction_assessment))
-        elif prediction:
-            metadata["prediction_drift"] = prediction["error"]
+        if prediction:
+            metadata["prediction_drift"] = prediction.get("error") or dg.MetadataValue.md(
+                drift_table_markdown(prediction_assessment)
+            )
         if report["verdict"] == DRIFT:
             metadata["notified"] = notify_once(context, reports, notifier, report)
         context.log.info(f"{batch}: {report['verdict']} ({report['share_drifted']:.0%} of the features drifted)")
@@ -151,14 +133,6 @@ def previous_batch(context: dg.AssetExecutionContext, ordered: list[str], batch:
     ready = context.instance.get_materialized_partitions(FEATURES_KEY)
     earlier = batches_up_to(ordered, batch, ready)[:-1]
     return next((name for name in reversed(earlier) if warehouse.warehouse.has_table(name, "features")), None)
-
-
-def reference_note(champion: tuple[str, str] | None, previous: str | None) -> str:
-    if champion:
-        return f"verdict against the champion v{champion[0]}'s training batch {champion[1]}"
-    if previous:
-        return f"no champion trained before this batch yet: verdict against the previous batch {previous}"
-    return "first batch and no champion: nothing to compare with"
 
 
 def prediction_drift(
@@ -210,13 +184,13 @@ def champion_scores(task: str, model, x: pd.DataFrame):
     return predictions.labels if predictions.scores is None else predictions.scores
 
 
-def psi_figure(assessment: DriftAssessment, psi_threshold: float, share_bar: float, batch: str, reference: str):
+def psi_figure(assessment: DriftAssessment, drift: DriftConfig, batch: str, reference: str):
     title = (
         f"{batch} vs {reference}: {len(assessment.drifted)} of {assessment.assessed} features drifted "
-        f"({assessment.share_drifted:.0%}, bar {share_bar:.0%})"
+        f"({assessment.share_drifted:.0%}, bar {drift.share_bar:.0%})"
     )
     psi = {feature.feature: feature.psi for feature in assessment.features}
-    return drift_psi_figure(psi, set(assessment.drifted), psi_threshold, title)
+    return drift_psi_figure(psi, set(assessment.drifted), drift.psi_threshold, title)
 
 
 def notify_once(
@@ -238,8 +212,7 @@ def notify_once(
 
 
 def drift_notification(report: dict, link: str) -> Notification:
-    champion = report["champion"]
-    reference = champion["batch"] if champion else report["previous_batch"]
+    champion, reference = report["champion"], report["reference_batch"]
     thresholds = report["thresholds"]
     prediction = report["prediction_drift"] or {}
     return Notification(
