@@ -27,9 +27,9 @@ def webhook():
 
 @pytest.fixture(scope="module")
 def platform(module_two_batches, webhook):
-    """The prepared home (batch_0001 crowned v1, batch_0002 compared with it) with a bar of 10% and a webhook."""
+    """The prepared home (batch_0001 crowned v1, batch_0002 compared with it) with one model and a webhook."""
     module_two_batches.config = small_config(
-        **ONE_MODEL, **{"drift.share_bar": 0.1, "notifications.channels.webhook_url": webhook.url("/hook")}
+        **ONE_MODEL, **{"notifications.channels.webhook_url": webhook.url("/hook")}
     )
     return module_two_batches
 
@@ -76,7 +76,7 @@ def test_a_drifted_batch_notifies_once_per_report_and_retrains_when_the_report_i
     [message] = webhook.received
     assert message["json"]["title"] == f"Drift: batch {DRIFTED_BATCH} against {report['champion']['batch']}"
     assert "monthly_charges" in message["json"]["summary"]
-    retraining = small_config(**ONE_MODEL, **{"drift.share_bar": 0.1, "drift.retrain_on_drift": True})
+    retraining = small_config(**ONE_MODEL, **{"drift.retrain_on_drift": True})
     # The run that wrote the report trained the models too: they have seen the drifted rows.
     assert skip_message(evaluate(platform, "retraining_schedule", retraining)).startswith("up to date")
 

@@ -58,7 +58,7 @@ def test_a_shifted_mean_drifts():
     assert features["price"].status == DRIFTED and features["price"].test == "ks"
     assert features["plan"].status == STABLE and features["tickets"].status == STABLE
     assert assessment.drifted == ["price"] and assessment.share_drifted == pytest.approx(1 / 3)
-    assert assessment.verdict == DRIFT  # 33% is above the default bar of 30%
+    assert assessment.verdict == DRIFT  # a third is above the default bar of 10%
 
 
 def test_a_category_level_new_in_the_batch_is_named_and_drifts():

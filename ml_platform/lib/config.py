@@ -310,7 +310,7 @@ class DriftConfig(StrictModel):
     # Quantile bins of the reference for a numeric feature's PSI.
     bins: Annotated[int, Field(ge=2, le=100)] = 10
     # A share of drifted features above this notifies (and, with retrain_on_drift, retrains).
-    share_bar: Annotated[float, Field(ge=0, lt=1)] = 0.3
+    share_bar: Annotated[float, Field(ge=0, lt=1)] = 0.1
     retrain_on_drift: bool = False
 
 
