@@ -186,8 +186,8 @@ def champion_scores(task: str, model, x: pd.DataFrame):
 
 def psi_figure(assessment: DriftAssessment, drift: DriftConfig, batch: str, reference: str):
     title = (
-        f"{batch} vs {reference}: {len(assessment.drifted)} of {assessment.assessed} features drifted "
-        f"({assessment.share_drifted:.0%}, bar {drift.share_bar:.0%})"
+        f"{batch} vs {reference}\n{len(assessment.drifted)} of {assessment.assessed} features drifted "
+        f"({assessment.share_drifted:.0%}; the bar is {drift.share_bar:.0%})"
     )
     psi = {feature.feature: feature.psi for feature in assessment.features}
     return drift_psi_figure(psi, set(assessment.drifted), drift.psi_threshold, title)
