@@ -69,6 +69,9 @@ def build_drift_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
         features = store.read_table([batch], "features")
         columns = model_feature_columns(features.columns, config.data)
         champion = find_reference_champion(mlflow, model_name, ordered, batch)
+        if champion and not store.has_table(champion[1], "features"):
+            context.log.warning(f"the champion v{champion[0]}'s batch {champion[1]} has no features any more")
+            champion = None
         previous = previous_batch(context, ordered, batch, warehouse)
         references = {
             name: store.read_table([reference], "features")
@@ -205,7 +208,9 @@ def notify_once(
     with FileLock(f"{claims}.lock", timeout=30):
         notified = (reports.read_json(batch, NOTIFIED_FILE) or {}).get("reports", [])
         if key in notified:
-            return f"not sent again: this report ({key}) was notified before"
+            skipped = f"not sent again: this report ({key}) was notified before"
+            context.log.info(f"drift notification {skipped}")
+            return skipped
         reports.write_json(batch, NOTIFIED_FILE, {"reports": [*notified, key][-MAX_NOTIFIED:]})
     outcomes = notifier.notify(drift_notification(report, notifier.run_url(context.run.run_id)), context.log)
     return ", ".join(f"{channel}: {outcome}" for channel, outcome in outcomes.items()) or "log only"
