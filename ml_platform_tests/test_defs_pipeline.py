@@ -24,6 +24,7 @@ PIPELINE_ASSETS = {
     "logistic_regression_model",
     "evaluation_report",
     "champion_model",
+    "drift_report",
 }
 
 
