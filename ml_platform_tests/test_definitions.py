@@ -25,6 +25,7 @@ EXPECTED_GROUPS = {
     "champion_model": "evaluation",
     "predictions": "predictions",
     "champion_backtest": "evaluation",
+    "drift_report": "drift",
 }
 EXPECTED_CHECKS = {
     ("champion_model", "meets_quality_bar"),
@@ -59,6 +60,8 @@ def test_assets_are_grouped_by_stage_and_partitioned_by_batch(tmp_path: Path):
         "experiment",
         "backtest",
     }
+    for job in ("batch_pipeline", "batch_pipeline_parallel"):
+        assert dg.AssetKey("drift_report") in defs.resolve_job_def(job).asset_layer.selected_asset_keys
 
 
 def test_the_automation_is_in_the_code_location_and_on_by_default(tmp_path: Path):
@@ -91,6 +94,8 @@ def test_code_versions_follow_the_config_each_asset_reads(tmp_path: Path):
     assert {name for name in before if before[name] != after[name]} == {"random_forest_model"}
     promotion = code_versions(small_config(**{"promotion.min_improvement": 0.01}))
     assert {name for name in before if before[name] != promotion[name]} == {"evaluation_report", "champion_model"}
+    drift = code_versions(small_config(**{"drift.psi_threshold": 0.1}))
+    assert {name for name in before if before[name] != drift[name]} == {"drift_report"}
 
 
 def test_the_graph_flows_from_ingestion_to_the_champion(tmp_path: Path):
@@ -102,6 +107,9 @@ def test_the_graph_flows_from_ingestion_to_the_champion(tmp_path: Path):
     assert parents("stg_batch") == {"raw_batch"}
     assert parents("features") == {"stg_batch"}
     assert parents("training_data") == {"features"}
+    # Upstream of nothing, so it never holds up training; in every batch pipeline job.
+    assert parents("drift_report") == {"features"}
+    assert not asset_graph.get(dg.AssetKey("drift_report")).child_keys
     assert parents("random_forest_model") == {"training_data"}
     assert parents("evaluation_report") == {
         "training_data",  # the held-out rows its plots are drawn on

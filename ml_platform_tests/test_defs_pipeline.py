@@ -25,6 +25,7 @@ PIPELINE_ASSETS = {
     "evaluation_report",
     "champion_model",
     "predictions",
+    "drift_report",
 }
 
 

@@ -7,6 +7,7 @@ import dagster as dg
 
 from ml_platform.defs.automation.schedules import build_schedules
 from ml_platform.defs.automation.sensors import build_new_batch_sensor
+from ml_platform.defs.drift.assets import build_drift_assets
 from ml_platform.defs.evaluation.assets import build_evaluation_assets
 from ml_platform.defs.evaluation.backtest import backtest_job, build_backtest_assets
 from ml_platform.defs.experiments.jobs import build_experiment_job
@@ -70,6 +71,7 @@ def build_batch_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
         *build_training_assets(config),
         *build_evaluation_assets(config),
         *build_prediction_assets(config),
+        *build_drift_assets(config),
     ]
 
 

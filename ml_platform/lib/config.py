@@ -495,6 +495,23 @@ class MonitoringConfig(StrictModel):
     hooks: list[Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")]] = Field(default_factory=list)
 
 
+class DriftConfig(StrictModel):
+    """When a batch has drifted from the champion's training batch (`lib/drift.py`), and what follows."""
+
+    # A feature drifts when its PSI is at least this (0.1 is a moderate shift, 0.25 a large one)...
+    psi_threshold: Annotated[float, Field(gt=0)] = 0.2
+    # ...and its test (KS, chi-squared) rejects "same distribution" at this level after the
+    # Bonferroni correction over every test of the batch.
+    p_value: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    # Fewer rows than this on either side: "not enough rows", no verdict for that feature.
+    min_rows: Annotated[int, Field(ge=2)] = 30
+    # Quantile bins of the reference for a numeric feature's PSI.
+    bins: Annotated[int, Field(ge=2, le=100)] = 10
+    # A share of drifted features above this notifies (and, with retrain_on_drift, retrains).
+    share_bar: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    retrain_on_drift: bool = False
+
+
 class PlatformConfig(StrictModel):
     seed: int = 42
     data: DataConfig
@@ -505,6 +522,7 @@ class PlatformConfig(StrictModel):
     automation: AutomationConfig = Field(default_factory=AutomationConfig)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
 
     @model_validator(mode="after")
     def _models_fit_the_task(self) -> PlatformConfig:
@@ -548,10 +566,16 @@ class PlatformConfig(StrictModel):
 
     def loggable(self) -> dict[str, Any]:
         """The resolved config as recorded with every model, without what changes no model: the
-        tracking URI (a server URI may carry credentials), automation, notifications, monitoring."""
+        tracking URI (a server URI may carry credentials), automation, notifications, monitoring, drift."""
         return self.model_dump(
             mode="json",
-            exclude={"tracking": {"tracking_uri"}, "automation": True, "notifications": True, "monitoring": True},
+            exclude={
+                "tracking": {"tracking_uri"},
+                "automation": True,
+                "notifications": True,
+                "monitoring": True,
+                "drift": True,
+            },
         )
 
     def config_hash(self) -> str:

@@ -231,6 +231,11 @@ class MlflowStore:
 
     def rows_trained_on(self, run_id: str, ids: list[str]) -> int | None:
         """How many of `ids` the run's model was fitted on, or None when the run did not record its rows."""
+        trained = self.training_ids(run_id)
+        return None if trained is None else len(trained.intersection(ids))
+
+    def training_ids(self, run_id: str) -> set[str] | None:
+        """The ids (as text) of the rows the run's model was fitted on, or None when it did not record them."""
         import mlflow.artifacts
         from mlflow.exceptions import MlflowException
 
@@ -239,7 +244,7 @@ class MlflowStore:
                 recorded = mlflow.artifacts.load_dict(f"runs:/{run_id}/{TRAINING_IDS_ARTIFACT}")
             except (MlflowException, OSError):
                 return None
-        return len(set(recorded["ids"]).intersection(ids))
+        return set(recorded["ids"])
 
     def log_artifacts(self, run_id: str, files: list[Path], artifact_path: str = "evaluation") -> None:
         """Add `files` to an existing (even finished) run, under `artifact_path`."""

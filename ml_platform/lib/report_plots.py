@@ -510,3 +510,22 @@ def evaluation_markdown(report: Mapping, metrics_table: str, images: Mapping[str
     for name, path in images.items():
         lines += ["", f"## {PLOT_TITLES.get(name, name)}", "", f"![{PLOT_TITLES.get(name, name)}]({path})"]
     return "\n".join(lines) + "\n"
+
+
+# Drift ------------------------------------------------------------------------------------------
+
+
+def drift_psi_figure(psi: Mapping[str, float | None], drifted: set[str], psi_threshold: float, title: str) -> Figure:
+    """Each feature's PSI as a horizontal bar (red when it drifted, grey when it had too few rows to
+    judge, drawn at 0) and the PSI threshold as a dashed line, features in the order given."""
+    names = list(psi)[::-1]
+    values = [psi[name] or 0.0 for name in names]
+    colors = ["tab:red" if name in drifted else "tab:blue" if psi[name] is not None else "tab:gray" for name in names]
+    figure, axes = _figure(6.4, max(3.0, 1.2 + 0.3 * len(names)))
+    axes.barh(names, values, color=colors)
+    axes.axvline(psi_threshold, color="black", linestyle="--", label=f"PSI threshold {psi_threshold:g}")
+    axes.set_xlabel("population stability index (PSI)")
+    axes.set_ylabel("feature")
+    axes.set_title(title)
+    axes.legend(loc="lower right", fontsize=8)
+    return figure

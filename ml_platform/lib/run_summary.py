@@ -19,6 +19,7 @@ TRIGGER_TAGS = (
     "dagster/backfill",
     "ml_platform/trigger",
     "ml_platform/stale_reason",
+    "ml_platform/drift_reason",
     "ml_platform/source_file",
 )
 

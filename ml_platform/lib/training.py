@@ -109,6 +109,13 @@ class TrainTestSplit:
         return self.test[self.id_column].astype(str).tolist()
 
 
+def model_feature_columns(columns, data: DataConfig) -> list[str]:
+    """The columns a model reads: every column but the target, the id, the bookkeeping ones and those
+    the contract's `role` keeps out."""
+    excluded = {data.target, data.id_column, *NON_FEATURE_COLUMNS, *role_excluded_columns(data)}
+    return [column for column in columns if column not in excluded]
+
+
 def split_train_test(
     features: pd.DataFrame, data: DataConfig, training: TrainingConfig, current_batch: str
 ) -> TrainTestSplit:
@@ -122,8 +129,7 @@ def split_train_test(
     Columns with `role: identifier` or `ignore` in the contract are kept in the rows, not in the features.
     """
     ordered = features.sort_values([*NON_FEATURE_COLUMNS, data.id_column], kind="stable").reset_index(drop=True)
-    excluded = {data.target, data.id_column, *NON_FEATURE_COLUMNS, *role_excluded_columns(data)}
-    feature_columns = [column for column in ordered.columns if column not in excluded]
+    feature_columns = model_feature_columns(ordered.columns, data)
     # Numbers go to the model as floats: an integer column with a null in one batch and none in
     # the next would otherwise change the registered model's input schema between batches.
     numeric = [c for c in feature_columns if pd.api.types.is_numeric_dtype(ordered[c])]

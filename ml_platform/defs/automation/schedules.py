@@ -10,6 +10,7 @@ import dagster as dg
 
 from ml_platform.defs.automation.sensors import TRIGGER_TAG
 from ml_platform.defs.automation.staleness import STALE_REASON_TAG, describe_reasons, reasons_to_run
+from ml_platform.defs.drift.retraining import DRIFT_REASON_TAG, drift_retraining_request
 from ml_platform.defs.evaluation.backtest import plan_backtest
 from ml_platform.defs.experiments.jobs import experiment_run_config
 from ml_platform.defs.ingestion.quarantine import batch_quarantine
@@ -47,8 +48,10 @@ def build_schedules(config: PlatformConfig, settings: Settings) -> list[dg.Sched
             job_name="batch_pipeline",
             groups=RETRAINING_GROUPS,
             latest_only=True,
+            retrain_on_drift=config.drift.retrain_on_drift,
             description="Retrains the newest batch's models where data, code or config changed since they were "
-            "trained (or a run failed); skips when they are up to date, or the batch is quarantined.",
+            "trained (or a run failed), or, with `drift.retrain_on_drift`, where its drift report says it drifted "
+            "after they were trained; skips when they are up to date, or the batch is quarantined.",
         ),
         _stale_batches_schedule(
             "pipeline_schedule",
@@ -100,6 +103,7 @@ def _stale_batches_schedule(
     groups: set[str] | None,
     latest_only: bool,
     description: str,
+    retrain_on_drift: bool = False,
 ) -> dg.ScheduleDefinition:
     incoming_dir = settings.incoming_dir(config)
     ingestion_version = ingestion_code_version(config.data, config.training)
@@ -138,7 +142,13 @@ def _stale_batches_schedule(
                 continue
             reasons = reasons_to_run(instance, asset_graph, batch, keys, source)
             if not reasons:
-                up_to_date.append(batch)
+                if retrain_on_drift and (
+                    drifted := drift_retraining_request(instance, config, batch, keys, name, TRIGGER_TAG)
+                ):
+                    context.log.info(f"{batch}: {drifted.tags[DRIFT_REASON_TAG]}")
+                    requests.append(drifted)
+                else:
+                    up_to_date.append(batch)
                 continue
             context.log.info(f"{batch}:\n{describe_reasons(reasons)}")
             requests.append(
