@@ -1,5 +1,6 @@
 """The `ml-platform` command: demo data, batches (partitions), pipeline runs, the champion.
-Experiments are in `cli/experiments.py`, registered models in `cli/models.py`, the UIs in `cli/ui.py`.
+Experiments are in `cli/experiments.py`, registered models in `cli/models.py`, the UIs in `cli/ui.py`,
+`reproduce` in `cli/reproduce.py`.
 
 Heavy imports (Dagster, MLflow, scikit-learn) happen inside the commands that need them, so
 `ml-platform --help` answers at once.
@@ -23,6 +24,7 @@ from ml_platform.cli.cluster import cluster_app, use_cluster
 from ml_platform.cli.common import console, dagster_instance, fail, load_platform_config
 from ml_platform.cli.experiments import experiment_app, experiments_app
 from ml_platform.cli.models import models_app
+from ml_platform.cli.reproduce import reproduce
 from ml_platform.cli.schedules import schedules_app
 from ml_platform.cli.status import status
 from ml_platform.cli.ui import ui
@@ -36,6 +38,7 @@ app.add_typer(experiment_app, name="experiment")
 app.add_typer(experiments_app, name="experiments")
 app.add_typer(models_app, name="models")
 app.add_typer(schedules_app, name="schedules")
+app.command("reproduce")(reproduce)
 app.command("status")(status)
 app.command("ui")(ui)
 

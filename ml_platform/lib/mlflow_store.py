@@ -39,6 +39,8 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 FLUENT_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 # The ids a model was fitted on, so a later comparison can prove it never saw the rows it is scored on.
 TRAINING_IDS_ARTIFACT = "split/training_ids.json"
+# The content hash of each batch file the model was trained on (a file, not a tag: a window grows).
+BATCH_HASHES_ARTIFACT = "provenance/batch_hashes.json"
 
 
 @dataclass
@@ -134,9 +136,11 @@ class MlflowStore:
         data_hash: str,
         config,
         tags: dict[str, str],
+        batch_hashes: dict[str, str | None] | None = None,
     ) -> tuple[str, str]:
         """One run for a model fitted on `split` (`lib.training`), with its provenance: params, held-out
-        metrics, the data hash, code and library versions, the resolved config and its hash.
+        metrics, the data hash, code and library versions, the resolved config and its hash, and the
+        content hash of each batch file it was trained on when `batch_hashes` are given.
         `config` is a PlatformConfig or ExperimentConfig, `training` its TrainingConfig."""
         from ml_platform.lib.provenance import code_version, library_versions
 
@@ -165,6 +169,7 @@ class MlflowStore:
             artifacts={
                 "config.json": config.loggable(),
                 TRAINING_IDS_ARTIFACT: {"id_column": split.id_column, "ids": split.training_ids()},
+                **({BATCH_HASHES_ARTIFACT: batch_hashes} if batch_hashes is not None else {}),
             },
         )
 

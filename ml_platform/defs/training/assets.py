@@ -1,7 +1,7 @@
 """Training: the seeded train/test split and one model asset per configured algorithm."""
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
@@ -19,7 +19,7 @@ from ml_platform.lib.config import (
     fingerprint,
 )
 from ml_platform.lib.evaluation import Predictions, metrics_of, predict, score
-from ml_platform.lib.provenance import frame_hash
+from ml_platform.lib.provenance import frame_hash, reproduction_tags
 from ml_platform.lib.training import TrainTestSplit, carve_validation, fit_model, split_train_test
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
 from ml_platform.resources.warehouse import WarehouseResource
@@ -29,11 +29,13 @@ FEATURES_KEY = dg.AssetKey("features")
 
 @dataclass
 class TrainingData:
-    """The split the candidates train and are scored on, with the batches and data hash behind it."""
+    """The split the candidates train and are scored on, with the batches and data hash behind it, and
+    the content hash of each batch's file (what `ml-platform reproduce` rebuilds from)."""
 
     split: TrainTestSplit
     batches: list[str]
     data_hash: str
+    batch_hashes: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -105,7 +107,12 @@ def prepare_training_data(
     split = split_train_test(features, data, training, context.partition_key)
     if validation:
         split = carve_validation(split, data, training)
-    return TrainingData(split=split, batches=batches, data_hash=frame_hash(features))
+    return TrainingData(
+        split=split,
+        batches=batches,
+        data_hash=frame_hash(features),
+        batch_hashes=warehouse.warehouse.content_hashes(batches),
+    )
 
 
 def training_window(context: dg.OpExecutionContext, window: str, warehouse: WarehouseResource) -> list[str]:
@@ -164,7 +171,13 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
             training=platform.training,
             data_hash=training_data.data_hash,
             config=platform,
-            tags={**run_tags(context), "model_name": name, "dagster.asset_key": context.asset_key.to_user_string()},
+            tags={
+                **run_tags(context),
+                "model_name": name,
+                "dagster.asset_key": context.asset_key.to_user_string(),
+                **reproduction_tags(fitted, held_out),
+            },
+            batch_hashes=training_data.batch_hashes,
         )
         context.log.info(f"{name}: {metrics} (MLflow run {run_id})")
         with warnings.catch_warnings():
