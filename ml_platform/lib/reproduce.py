@@ -183,7 +183,9 @@ def compare_runs(recorded: ModelRun, rebuilt: ModelRun) -> Comparison:
     ]
     if recorded.tags.get("code_version") != rebuilt.tags.get("code_version"):
         environment.append(
-            Difference("code version", _text(recorded.tags.get("code_version")), _text(rebuilt.tags.get("code_version")))
+            Difference(
+                "code version", _text(recorded.tags.get("code_version")), _text(rebuilt.tags.get("code_version"))
+            )
         )
     return Comparison(results, environment)
 
