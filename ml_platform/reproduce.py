@@ -117,6 +117,9 @@ def rebuild(recorded: ModelRun, config, batch_files: dict[str, Path], scratch: P
     up_to_features = dg.AssetSelection.groups("ingestion", "features")
     quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
     *earlier, current = batch_files
+    (scratch / "dagster_home").mkdir()
+    # An instance without a dagster.yaml says so, and welcomes the user to telemetry, on stdout.
+    (scratch / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     with (
         dg.DagsterInstance.local_temp(tempdir=str(scratch / "dagster_home")) as instance,
         set_defs_state_storage(instance.defs_state_storage),
