@@ -44,6 +44,9 @@ def test_the_champion_rebuilds_identical_without_touching_the_home_and_not_from_
     )
     assert home_state(two_batches) == before
 
+    unknown = cli("reproduce", "churn_classifier/99", exit_code=2)
+    assert "cannot reproduce: churn_classifier/99" in unknown.stderr
+
     source.write_bytes(source.read_bytes().replace(b"\n", b"\r\n", 1))
     refused = cli("reproduce", f"churn_classifier/{champion.version}", exit_code=2)
 

@@ -106,7 +106,9 @@ def test_a_changed_library_version_is_named_without_making_an_identical_model_di
     comparison = compare_runs(model_run(), model_run(**{"lib.scikit-learn": "1.9.1"}))
 
     assert comparison.identical
-    assert [(d.what, d.recorded, d.rebuilt) for d in comparison.environment] == [("scikit-learn", "1.9.0", "1.9.1")]
+    assert [(d.what, d.recorded, d.rebuilt) for d in comparison.environment] == [
+        ("library scikit-learn", "1.9.0", "1.9.1")
+    ]
 
 
 def test_another_code_version_is_named_beside_the_differences_it_may_explain():

@@ -39,7 +39,11 @@ def reproduce(
         line = identical_line(reproduction.label, reproduction.recorded.run_id, reproduction.batch_hashes)
         console.print(f"[green]{escape(line)}[/]", highlight=False, soft_wrap=True)
         for difference in comparison.environment:
-            console.print(f"  despite {difference.what}: {difference.recorded} then, {difference.rebuilt} now")
+            console.print(
+                f"  {difference.what} changed, the model did not: {difference.recorded} then, {difference.rebuilt} now",
+                highlight=False,
+                soft_wrap=True,
+            )
         return
     print_table(
         f"{reproduction.label} (run {reproduction.recorded.run_id}): rebuilt, different",

@@ -177,7 +177,11 @@ def compare_runs(recorded: ModelRun, rebuilt: ModelRun) -> Comparison:
         if recorded.tags.get(tag) != rebuilt.tags.get(tag):
             results.append(Difference(label, _text(recorded.tags.get(tag)), _text(rebuilt.tags.get(tag))))
     environment = [
-        Difference(tag.removeprefix(LIBRARY_TAG_PREFIX), _text(recorded.tags.get(tag)), _text(rebuilt.tags.get(tag)))
+        Difference(
+            f"library {tag.removeprefix(LIBRARY_TAG_PREFIX)}",
+            _text(recorded.tags.get(tag)),
+            _text(rebuilt.tags.get(tag)),
+        )
         for tag in sorted(_library_tags(recorded) | _library_tags(rebuilt))
         if recorded.tags.get(tag) != rebuilt.tags.get(tag)
     ]
