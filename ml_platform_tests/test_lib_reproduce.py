@@ -29,6 +29,7 @@ def model_run(**changes) -> ModelRun:
         "dagster.partition": "batch_0002",
         "data_hash": "d" * 64,
         "config_hash": "c" * 16,
+        "split.held_out_ids_sha256": "h" * 64,
         PARAMS_TAG: '{"max_depth": 6, "n_estimators": 25}',
         PREDICTIONS_HASH_TAG: "p" * 64,
         MODEL_HASH_TAG: "m" * 64,
@@ -94,9 +95,10 @@ def test_a_metric_only_one_run_has_is_a_difference():
         (PREDICTIONS_HASH_TAG, "held-out predictions (sha256)"),
         ("data_hash", "data hash"),
         ("config_hash", "config hash"),
+        ("split.held_out_ids_sha256", "held-out rows (sha256 of their ids)"),
     ],
 )
-def test_another_model_predictions_data_or_config_hash_is_a_difference(tag, label):
+def test_another_model_predictions_data_config_or_held_out_rows_hash_is_a_difference(tag, label):
     comparison = compare_runs(model_run(), model_run(**{tag: "0" * 64}))
 
     assert [difference.what for difference in comparison.results] == [label]

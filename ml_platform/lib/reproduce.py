@@ -28,6 +28,7 @@ REQUIRED_TAGS = ("data_hash", "config_hash", PARAMS_TAG, PREDICTIONS_HASH_TAG, M
 RESULT_TAGS = {
     "data_hash": "data hash",
     "config_hash": "config hash",
+    "split.held_out_ids_sha256": "held-out rows (sha256 of their ids)",
     PREDICTIONS_HASH_TAG: "held-out predictions (sha256)",
     MODEL_HASH_TAG: "serialised model (sha256)",
 }
