@@ -23,6 +23,7 @@ from ml_platform.lib.reproduce import (
     ModelReference,
     ModelRun,
     compare_runs,
+    launch_params,
     recorded_config,
     recorded_model_run,
     verified_batch_files,
@@ -99,6 +100,7 @@ def rebuild(recorded: ModelRun, config, batch_files: dict[str, Path], scratch: P
     from ml_platform.defs.runs import first_failure
     from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
 
+    params = launch_params(recorded, config)
     settings = Settings(home=scratch, config_path=scratch / "platform.yaml")
     incoming = settings.incoming_dir(config)
     incoming.mkdir(parents=True)
@@ -131,7 +133,7 @@ def rebuild(recorded: ModelRun, config, batch_files: dict[str, Path], scratch: P
             (
                 current,
                 up_to_features | dg.AssetSelection.assets("training_data", asset),
-                {**quiet, "ops": {asset: {"config": {"params": recorded.params}}}},
+                {**quiet, "ops": {asset: {"config": {"params": params}}}},
             )
         )
         for batch, selection, run_config in steps:

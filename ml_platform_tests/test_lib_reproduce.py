@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from ml_platform.lib.config import validate_model_params
 from ml_platform.lib.provenance import MODEL_HASH_TAG, PARAMS_TAG, PREDICTIONS_HASH_TAG
 from ml_platform.lib.reproduce import (
     CannotReproduce,
     ModelRun,
     compare_runs,
     identical_line,
+    launch_params,
     parse_reference,
     recorded_config,
     recorded_model_run,
     verified_batch_files,
 )
+from ml_platform_tests.conftest import small_config
 
 RUN_ID = "0123456789abcdef0123456789abcdef"
 
@@ -181,3 +185,28 @@ def test_a_batch_file_whose_content_changed_is_refused_naming_the_file_and_both_
 def test_a_missing_batch_file_is_refused_naming_it_and_its_recorded_hash(tmp_path):
     with pytest.raises(CannotReproduce, match=f"{tmp_path / 'batch_0001.csv'} is missing: .* sha256 {'e' * 64}"):
         verified_batch_files({"batch_0001": "e" * 64}, tmp_path, "csv", "rf")
+
+
+def fitted_with(model_name: str, params: dict) -> ModelRun:
+    return model_run(model_name=model_name, **{PARAMS_TAG: json.dumps(params)})
+
+
+def test_a_model_fitted_with_its_config_params_is_launched_with_no_overrides():
+    config = small_config()
+    params = validate_model_params("gradient_boosting", {"max_iter": 40})  # max_depth is null
+
+    assert launch_params(fitted_with("gradient_boosting", params), config) == {}
+
+
+def test_params_given_at_launch_or_by_a_tuning_study_are_launched_again():
+    config = small_config()
+    params = validate_model_params("random_forest", {**config.models["random_forest"].params, "max_depth": 3})
+
+    assert launch_params(fitted_with("random_forest", params), config) == {"max_depth": 3}
+
+
+def test_a_null_param_the_config_does_not_give_is_refused_naming_it():
+    params = validate_model_params("gradient_boosting", {"max_iter": 40, "max_leaf_nodes": None})
+
+    with pytest.raises(CannotReproduce, match="fitted with max_leaf_nodes=null"):
+        launch_params(fitted_with("gradient_boosting", params), small_config())

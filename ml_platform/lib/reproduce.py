@@ -15,7 +15,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from ml_platform.lib.batches import batch_file
-from ml_platform.lib.config import PlatformConfig, format_validation_error
+from ml_platform.lib.config import (
+    PlatformConfig,
+    canonical_param_names,
+    format_validation_error,
+    validate_model_params,
+)
 from ml_platform.lib.ingestion import file_content_hash
 from ml_platform.lib.provenance import MODEL_HASH_TAG, PARAMS_TAG, PREDICTIONS_HASH_TAG
 
@@ -116,6 +121,26 @@ def recorded_config(raw: dict[str, Any], run_id: str) -> PlatformConfig:
         raise CannotReproduce(
             f"the config run {run_id} recorded is not valid for this code: {format_validation_error(error)}"
         ) from error
+
+
+def launch_params(recorded: ModelRun, config: PlatformConfig) -> dict[str, Any]:
+    """The params to launch the model's asset with: those it was fitted with that its config does not
+    give already (a launch-time override, a tuned model's best trial).
+
+    Only the difference, because Dagster's run config cannot carry a null (`max_depth: null` is a
+    valid param) and the config's own params need no repeating.
+    """
+    spec = config.models.get(recorded.model_name)
+    if spec is None:
+        raise CannotReproduce(f"run {recorded.run_id}'s config has no model {recorded.model_name!r}")
+    configured = validate_model_params(spec.type, canonical_param_names(spec.type, spec.params))
+    overrides = {key: value for key, value in recorded.params.items() if configured.get(key) != value}
+    if nulls := sorted(key for key, value in overrides.items() if value is None):
+        raise CannotReproduce(
+            f"run {recorded.run_id} was fitted with {', '.join(f'{key}=null' for key in nulls)}, which its config "
+            "does not give and a launch cannot carry"
+        )
+    return overrides
 
 
 def verified_batch_files(
