@@ -48,7 +48,9 @@ def reproduce(reference: ModelReference, store: MlflowStore, settings: Settings)
     recorded = recorded_model_run(run.info.run_id, run.data.metrics, run.data.tags)
     config = recorded_config(_artifact(store, recorded, CONFIG_ARTIFACT), recorded.run_id)
     batch_hashes = _artifact(store, recorded, BATCH_HASHES_ARTIFACT)
-    files = verified_batch_files(batch_hashes, settings.incoming_dir(config), config.data.file_format, label)
+    files = verified_batch_files(
+        recorded.batch, batch_hashes, settings.incoming_dir(config), config.data.file_format, label
+    )
     with tempfile.TemporaryDirectory(prefix="ml-platform-reproduce-") as scratch:
         rebuilt = rebuild(recorded, config, files, Path(scratch))
     return Reproduction(label, recorded, batch_hashes, compare_runs(recorded, rebuilt))
@@ -118,7 +120,8 @@ def rebuild(recorded: ModelRun, config, batch_files: dict[str, Path], scratch: P
     asset = f"{recorded.model_name}_model"
     up_to_features = dg.AssetSelection.groups("ingestion", "features")
     quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-    *earlier, current = batch_files
+    current = recorded.batch
+    earlier = [batch for batch in batch_files if batch != current]
     (scratch / "dagster_home").mkdir()
     # An instance without a dagster.yaml says so, and welcomes the user to telemetry, on stdout.
     (scratch / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")

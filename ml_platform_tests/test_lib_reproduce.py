@@ -164,7 +164,7 @@ def test_batch_files_with_their_recorded_hashes_are_accepted(tmp_path):
         "batch_0002": batch(tmp_path, "batch_0002", b"id,x\n3,4\n"),
     }
 
-    assert verified_batch_files(hashes, tmp_path, "csv", "rf") == {
+    assert verified_batch_files("batch_0002", hashes, tmp_path, "csv", "rf") == {
         "batch_0001": tmp_path / "batch_0001.csv",
         "batch_0002": tmp_path / "batch_0002.csv",
     }
@@ -175,7 +175,7 @@ def test_a_batch_file_whose_content_changed_is_refused_naming_the_file_and_both_
     changed = batch(tmp_path, "batch_0002", b"id,x\n3,5\n")
 
     with pytest.raises(CannotReproduce) as refused:
-        verified_batch_files({"batch_0002": recorded}, tmp_path, "csv", "rf")
+        verified_batch_files("batch_0002", {"batch_0002": recorded}, tmp_path, "csv", "rf")
 
     assert str(refused.value) == (
         f"{tmp_path / 'batch_0002.csv'} is not the file rf was trained on: sha256 {changed} now, {recorded} recorded"
@@ -184,7 +184,7 @@ def test_a_batch_file_whose_content_changed_is_refused_naming_the_file_and_both_
 
 def test_a_missing_batch_file_is_refused_naming_it_and_its_recorded_hash(tmp_path):
     with pytest.raises(CannotReproduce, match=f"{tmp_path / 'batch_0001.csv'} is missing: .* sha256 {'e' * 64}"):
-        verified_batch_files({"batch_0001": "e" * 64}, tmp_path, "csv", "rf")
+        verified_batch_files("batch_0001", {"batch_0001": "e" * 64}, tmp_path, "csv", "rf")
 
 
 def fitted_with(model_name: str, params: dict) -> ModelRun:
@@ -210,3 +210,10 @@ def test_a_null_param_the_config_does_not_give_is_refused_naming_it():
 
     with pytest.raises(CannotReproduce, match="fitted with max_leaf_nodes=null"):
         launch_params(fitted_with("gradient_boosting", params), small_config())
+
+
+def test_a_window_without_the_hash_of_its_own_batch_is_refused(tmp_path):
+    hashes = {"batch_0001": batch(tmp_path, "batch_0001", b"id,x\n1,2\n")}
+
+    with pytest.raises(CannotReproduce, match="no hash of the file of batch_0002"):
+        verified_batch_files("batch_0002", hashes, tmp_path, "csv", "rf")

@@ -144,27 +144,30 @@ def launch_params(recorded: ModelRun, config: PlatformConfig) -> dict[str, Any]:
 
 
 def verified_batch_files(
-    batch_hashes: dict[str, str | None], incoming_dir: Path, file_format: str, model: str
+    batch: str, batch_hashes: dict[str, str | None], incoming_dir: Path, file_format: str, model: str
 ) -> dict[str, Path]:
-    """Each batch's file in `incoming_dir`, checked against the content hash recorded at training time.
+    """The file of each batch of the window of `batch` in `incoming_dir`, checked against the content
+    hash recorded at training time.
 
     A missing file or one whose content changed is refused naming the file and both hashes: a model
     rebuilt from other data would differ for a reason that has nothing to do with the code.
     """
-    if not batch_hashes:
-        raise CannotReproduce(f"{model} recorded no batch files to rebuild from")
+    if batch not in batch_hashes:
+        raise CannotReproduce(f"{model} recorded no hash of the file of {batch}, the batch it was trained for")
     files = {}
-    for batch, recorded in batch_hashes.items():
-        path = batch_file(incoming_dir, batch, file_format)
+    for window_batch, recorded in batch_hashes.items():
+        path = batch_file(incoming_dir, window_batch, file_format)
         if recorded is None:
-            raise CannotReproduce(f"{batch} was stored before content hashes were recorded: {path} cannot be checked")
+            raise CannotReproduce(
+                f"{window_batch} was stored before content hashes were recorded: {path} cannot be checked"
+            )
         if not path.is_file():
-            raise CannotReproduce(f"{path} is missing: {model} was trained on {batch} with sha256 {recorded}")
+            raise CannotReproduce(f"{path} is missing: {model} was trained on {window_batch} with sha256 {recorded}")
         if (actual := file_content_hash(path)) != recorded:
             raise CannotReproduce(
                 f"{path} is not the file {model} was trained on: sha256 {actual} now, {recorded} recorded"
             )
-        files[batch] = path
+        files[window_batch] = path
     return files
 
 
