@@ -1,7 +1,7 @@
 """Training: the seeded train/test split and one model asset per configured algorithm."""
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
@@ -35,7 +35,8 @@ class TrainingData:
     split: TrainTestSplit
     batches: list[str]
     data_hash: str
-    batch_hashes: dict[str, str | None] = field(default_factory=dict)
+    # A class-level default, so a TrainingData pickled before this field existed reads as "not recorded".
+    batch_hashes: dict[str, str | None] | None = None
 
 
 @dataclass
