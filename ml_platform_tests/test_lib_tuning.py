@@ -21,7 +21,14 @@ from ml_platform.lib.demo_data import generate_churn_batch
 from ml_platform.lib.report_plots import objective_over_trials_figure
 from ml_platform.lib.settings import PROJECT_ROOT
 from ml_platform.lib.training import carve_validation, split_train_test
-from ml_platform.lib.tuning import StudyResult, TrialResult, distributions, run_study, trials_markdown
+from ml_platform.lib.tuning import (
+    StudyResult,
+    TrialResult,
+    distributions,
+    run_study,
+    search_left_after,
+    trials_markdown,
+)
 from ml_platform_tests.conftest import small_config
 
 C_SEARCH = {"params": {"C": {"type": "float", "low": 0.01, "high": 10.0, "log": True}}, "n_trials": 3, "cv_folds": 2}
@@ -255,3 +262,24 @@ def test_the_objective_plot_shows_each_trial_and_the_best_so_far():
     assert axes.get_title() == "logistic_regression: roc_auc over 4 trials"
     assert [text.get_text() for text in axes.get_legend().get_texts()] == ["trial", "best so far"]
     assert list(axes.lines[0].get_xdata()) == [1, 2, 3] and list(axes.lines[0].get_ydata()) == [0.5, 0.7, 0.7]
+
+
+def test_params_fixed_at_launch_are_not_tuned_and_a_search_with_none_left_is_skipped():
+    search = ModelSpec(
+        type="gradient_boosting",
+        search={
+            "params": {
+                "n_estimators": {"type": "int", "low": 10, "high": 50},
+                "learning_rate": {"type": "float", "low": 0.01, "high": 0.3},
+            }
+        },
+    ).search
+
+    partly = search_left_after("gradient_boosting", search, {"learning_rate": 0.1})
+    # Alias names on either side name the same param: `n_estimators` is `max_iter`.
+    fully = search_left_after("gradient_boosting", search, {"max_iter": 30, "learning_rate": 0.1})
+
+    assert list(partly.params) == ["max_iter"]
+    assert fully is None
+    assert search_left_after("gradient_boosting", None, {}) is None
+    assert search_left_after("gradient_boosting", search, {}) == search

@@ -1,5 +1,6 @@
 """The `ml-platform` command: demo data, batches (partitions), pipeline runs, the champion.
-Experiments are in `cli/experiments.py`, registered models in `cli/models.py`, the UIs in `cli/ui.py`.
+Experiments are in `cli/experiments.py`, registered models in `cli/models.py`, the UIs in `cli/ui.py`,
+`reproduce` in `cli/reproduce.py`.
 
 Heavy imports (Dagster, MLflow, scikit-learn) happen inside the commands that need them, so
 `ml-platform --help` answers at once.
@@ -25,6 +26,7 @@ from ml_platform.cli.experiments import experiment_app, experiments_app
 from ml_platform.cli.init_config import init_config
 from ml_platform.cli.models import models_app
 from ml_platform.cli.predict import predict
+from ml_platform.cli.reproduce import reproduce
 from ml_platform.cli.schedules import schedules_app
 from ml_platform.cli.status import status
 from ml_platform.cli.tune import tune
@@ -40,6 +42,7 @@ app.add_typer(experiments_app, name="experiments")
 app.add_typer(models_app, name="models")
 app.add_typer(schedules_app, name="schedules")
 app.command("predict")(predict)
+app.command("reproduce")(reproduce)
 app.command("status")(status)
 app.command("tune")(tune)
 app.command("init-config")(init_config)

@@ -41,6 +41,8 @@ FLUENT_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 TRAINING_IDS_ARTIFACT = "split/training_ids.json"
 # MLflow refuses run tags longer than this.
 MAX_TAG_CHARS = 8000
+# The content hash of each batch file the model was trained on (a file, not a tag: a window grows).
+BATCH_HASHES_ARTIFACT = "provenance/batch_hashes.json"
 
 
 @dataclass
@@ -144,9 +146,11 @@ class MlflowStore:
         config,
         tags: dict[str, str],
         study=None,
+        batch_hashes: dict[str, str | None] | None = None,
     ) -> tuple[str, str]:
         """One run for a model fitted on `split` (`lib.training`), with its provenance: params, held-out
-        metrics, the data hash, code and library versions, the resolved config and its hash.
+        metrics, the data hash, code and library versions, the resolved config and its hash, and the
+        content hash of each batch file it was trained on when `batch_hashes` are given.
         `config` is a PlatformConfig or ExperimentConfig, `training` its TrainingConfig; the trials
         of `study`, when the params were tuned, as nested runs."""
         from ml_platform.lib.provenance import code_version, library_versions
@@ -176,6 +180,7 @@ class MlflowStore:
             artifacts={
                 "config.json": config.loggable(),
                 TRAINING_IDS_ARTIFACT: {"id_column": split.id_column, "ids": split.training_ids()},
+                **({BATCH_HASHES_ARTIFACT: batch_hashes} if batch_hashes is not None else {}),
             },
             study=study,
         )

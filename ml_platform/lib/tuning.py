@@ -91,6 +91,20 @@ def _better(value: float, than: float, mode: str) -> bool:
     return value > than if mode == "max" else value < than
 
 
+def search_left_after(model_type: str, search: SearchConfig | None, fixed_at_launch: dict) -> SearchConfig | None:
+    """`search` without the params given at launch, or None when none is left to tune.
+
+    A param the person launching the run fixed is not tuned: that is how `ml-platform reproduce`
+    refits a tuned model with its recorded best params instead of running the study again.
+    """
+    if search is None:
+        return None
+    fixed = canonical_param_names(model_type, fixed_at_launch)
+    # The search's own names are canonical already (validated with the config).
+    left = {name: values for name, values in search.params.items() if name not in fixed}
+    return search.model_copy(update={"params": left}) if left else None
+
+
 def distributions(search: SearchConfig) -> dict:
     """The search space as Optuna distributions, one per tuned param."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution

@@ -133,6 +133,16 @@ class Warehouse:
             delivered[batch_id] = _when_unlocked(path, ids, timeout_s)
         return delivered
 
+    def content_hashes(self, batch_ids: Sequence[str], timeout_s: float = 60.0) -> dict[str, str | None]:
+        """The sha256 of the file each batch was ingested from, by batch (None for a batch stored before
+        deliveries were recorded): what a model trained on them records, to be rebuilt from the same files."""
+        return {
+            batch_id: (_when_unlocked(self.batch_database(batch_id), _delivery_record, timeout_s) or {}).get(
+                "content_hash"
+            )
+            for batch_id in batch_ids
+        }
+
     def replace_batch(self, batch_id: str, build: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """Build the batch's database in a new file with `build(con)`, then swap it into place.
 

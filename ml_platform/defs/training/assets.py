@@ -28,10 +28,10 @@ from ml_platform.lib.evaluation import (
     score,
 )
 from ml_platform.lib.mlflow_store import study_metrics
-from ml_platform.lib.provenance import frame_hash
+from ml_platform.lib.provenance import frame_hash, reproduction_tags
 from ml_platform.lib.report_plots import PLOT_TITLES, image_markdown, objective_over_trials_figure, to_png
 from ml_platform.lib.training import TrainTestSplit, carve_validation, fit_model, split_train_test
-from ml_platform.lib.tuning import StudyResult, run_study, trials_markdown
+from ml_platform.lib.tuning import StudyResult, run_study, search_left_after, trials_markdown
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
 from ml_platform.resources.warehouse import WarehouseResource
 
@@ -40,11 +40,14 @@ FEATURES_KEY = dg.AssetKey("features")
 
 @dataclass
 class TrainingData:
-    """The split the candidates train and are scored on, with the batches and data hash behind it."""
+    """The split the candidates train and are scored on, with the batches and data hash behind it, and
+    the content hash of each batch's file (what `ml-platform reproduce` rebuilds from)."""
 
     split: TrainTestSplit
     batches: list[str]
     data_hash: str
+    # A class-level default, so a TrainingData pickled before this field existed reads as "not recorded".
+    batch_hashes: dict[str, str | None] | None = None
 
 
 @dataclass
@@ -125,7 +128,12 @@ def prepare_training_data(
     split = split_train_test(features, data, training, context.partition_key)
     if validation:
         split = carve_validation(split, data, training)
-    return TrainingData(split=split, batches=batches, data_hash=frame_hash(features))
+    return TrainingData(
+        split=split,
+        batches=batches,
+        data_hash=frame_hash(features),
+        batch_hashes=warehouse.warehouse.content_hashes(batches),
+    )
 
 
 def unseen_labels(data: DataConfig, split: TrainTestSplit) -> list[str]:
@@ -185,9 +193,9 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
         }
         task, classes = platform.data.task, platform.data.classes
         study = None
-        if spec.search is not None:
+        if (search := search_left_after(spec.type, spec.search, config.params)) is not None:
             study = run_study(
-                task, spec.type, params, spec.search, split, platform.training.random_state, spec.search.metric, classes
+                task, spec.type, params, search, split, platform.training.random_state, search.metric, classes
             )
             context.log.info(f"{name}: best of {len(study.trials)} trials: {study.best.params} ({study.scoring})")
             params = {**params, **study.best.params}
@@ -209,7 +217,13 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
             training=platform.training,
             data_hash=training_data.data_hash,
             config=platform,
-            tags={**run_tags(context), "model_name": name, "dagster.asset_key": context.asset_key.to_user_string()},
+            tags={
+                **run_tags(context),
+                "model_name": name,
+                "dagster.asset_key": context.asset_key.to_user_string(),
+                **reproduction_tags(fitted, held_out),
+            },
+            batch_hashes=training_data.batch_hashes,
             study=study,
         )
         context.log.info(f"{name}: {metrics} (MLflow run {run_id})")
