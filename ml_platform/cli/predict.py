@@ -81,7 +81,7 @@ def predict(
         except (BatchRejected, ModelReferenceError, DbtBuildError) as error:
             fail(" ".join(line.strip() for line in str(error).splitlines()))  # the contract's list, on one line
         try:
-            scored = score_features(store.load_pyfunc(scoring.uri), features, data.id_column, scoring)
+            scored = score_features(store.load_pyfunc(scoring.uri), features, data.id_column, scoring, data.classes)
         except (ValueError, MlflowException) as error:  # a model whose signature these features do not fit
             fail(f"{scoring.uri} cannot score {file}: {str(error).splitlines()[0][:300]}")
     _write_atomically(scored, target)

@@ -9,7 +9,7 @@ version number cannot.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ml_platform.lib.config import DataConfig
+from ml_platform.lib.evaluation import class_probabilities
 from ml_platform.lib.ingestion import ingest_batch
 from ml_platform.lib.warehouse import RAW_TABLE, Warehouse
 
@@ -138,17 +139,19 @@ def model_inputs(features: pd.DataFrame, signature_types: dict[str, str]) -> pd.
     return inputs
 
 
-def model_outputs(model, features: pd.DataFrame) -> ModelOutputs:
+def model_outputs(model, features: pd.DataFrame, classes: Sequence | None = None) -> ModelOutputs:
     """Score `features` with a loaded `mlflow.pyfunc` model: labels through pyfunc, which checks the
     rows against the signature; a classifier's probabilities from the same loaded scikit-learn model
-    (pyfunc's `predict` of a classifier returns labels only)."""
+    (pyfunc's `predict` of a classifier returns labels only), a column per label of `classes` (the
+    contract's, so the positive class is the contract's last label; by default the model's own)."""
     schema = model.metadata.get_input_schema()
     inputs = model_inputs(features, {spec.name: spec.type.name for spec in schema.inputs})
     labels = np.asarray(model.predict(inputs))
     estimator = model.get_raw_model()
     if not hasattr(estimator, "predict_proba"):
         return ModelOutputs(labels)
-    return ModelOutputs(labels, np.asarray(estimator.predict_proba(inputs)), tuple(estimator.classes_))
+    classes = tuple(estimator.classes_ if classes is None else classes)
+    return ModelOutputs(labels, class_probabilities(estimator, inputs, classes), classes)
 
 
 def prediction_frame(ids: pd.Series, outputs: ModelOutputs, model: ScoringModel) -> pd.DataFrame:
@@ -157,7 +160,8 @@ def prediction_frame(ids: pd.Series, outputs: ModelOutputs, model: ScoringModel)
     says which model made it).
 
     `score` is what a threshold or a ranking reads: with two classes the probability of the positive
-    (second) class, as ROC AUC ranks it; with more, the probability of the predicted class.
+    class (the second: the contract's last label), as ROC AUC ranks it; with more, the probability of
+    the predicted class.
     """
     frame = pd.DataFrame({ids.name: ids.to_numpy(), "prediction": outputs.labels})
     if outputs.probabilities is not None:
@@ -170,9 +174,11 @@ def prediction_frame(ids: pd.Series, outputs: ModelOutputs, model: ScoringModel)
     return frame
 
 
-def score_features(model, features: pd.DataFrame, id_column: str, scoring: ScoringModel) -> pd.DataFrame:
+def score_features(
+    model, features: pd.DataFrame, id_column: str, scoring: ScoringModel, classes: Sequence | None = None
+) -> pd.DataFrame:
     """`features` scored by `model` (loaded from `scoring.uri`), as `prediction_frame`."""
-    return prediction_frame(features[id_column], model_outputs(model, features), scoring)
+    return prediction_frame(features[id_column], model_outputs(model, features, classes), scoring)
 
 
 def scored_column(predictions: pd.DataFrame) -> str:

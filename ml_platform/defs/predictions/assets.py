@@ -57,7 +57,7 @@ def build_prediction_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
         features = store.read_table([batch], "features")
         model = mlflow.store.load_pyfunc(champion.uri)
         try:
-            scored = score_features(model, features, id_column, champion)
+            scored = score_features(model, features, id_column, champion, config.data.classes)
         except (ValueError, MlflowException) as error:
             # The data set changed shape and the gate kept the old champion (it could not be compared):
             # the batch is recorded as not scored, and the run goes on, as champion_model's does.
