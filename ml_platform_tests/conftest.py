@@ -181,13 +181,15 @@ class PlatformUnderTest:
         from ml_platform.defs.definitions import build_batch_assets, build_resources
 
         config = config or self.config
-        return dg.materialize(
-            build_batch_assets(config),
-            resources=build_resources(config, self.settings),
-            partition_key=batch_id,
-            instance=self.instance,
-            **kwargs,
-        )
+        # Definitions load against this instance's state storage, whatever another test left current.
+        with set_defs_state_storage(self.instance.defs_state_storage):
+            return dg.materialize(
+                build_batch_assets(config),
+                resources=build_resources(config, self.settings),
+                partition_key=batch_id,
+                instance=self.instance,
+                **kwargs,
+            )
 
     def mlflow(self, config: PlatformConfig | None = None):
         from ml_platform.defs.definitions import build_resources

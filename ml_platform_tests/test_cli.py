@@ -146,7 +146,8 @@ def test_only_stale_runs_what_changed_and_says_why(cli, tmp_path):
     changed = small_config(**{"models.random_forest.params.n_estimators": 30})
     (tmp_path / "platform.yaml").write_text(yaml.safe_dump(changed.model_dump(mode="json")))
     rerun = cli("run", "batch_0001", "--only-stale").stdout
-    assert "running 3 asset(s)" in rerun
+    # The model, the report and decision after it, and the batch's predictions by the champion it left.
+    assert "running 4 asset(s)" in rerun
     assert "random_forest_model: random_forest_model has a new code version" in rerun
     assert "gradient_boosting_model" not in rerun
 

@@ -49,6 +49,8 @@ STAGES = {
     "features": ["features", "stg_batch"],
     "training": ["gradient_boosting_model", "logistic_regression_model", "random_forest_model", "training_data"],
     "evaluation": ["champion_backtest", "champion_model", "evaluation_report"],
+    "predictions": ["predictions"],
+    "drift": ["drift_report"],
 }
 AUTOMATION = {
     "retraining_schedule": "Scheduled",
@@ -262,7 +264,7 @@ def test_materializing_a_batch_from_the_launchpad_runs_it_under_the_daemon(page,
     page.goto(f"{uis.dagster}/locations/ml_platform/jobs/batch_pipeline")
     page.get_by_role("button", name=re.compile("Materialize all")).click()
     dialog = page.get_by_role("dialog").filter(has_text="Launch runs to materialize")
-    expect(dialog.get_by_text("Launch runs to materialize 9 assets")).to_be_visible()
+    expect(dialog.get_by_text("Launch runs to materialize 11 assets")).to_be_visible()
     dialog.get_by_text("Select a partition or create one").click()
     page.get_by_role("menuitem").filter(has_text=re.compile(r"^batch_0002")).first.click()
     dialog.get_by_text("Launch runs to materialize").click()  # closes the partition list

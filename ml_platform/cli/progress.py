@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -105,6 +106,13 @@ def watch_signals() -> Iterator[Signals]:
             if signals.received():
                 os.kill(os.getpid(), signal.SIGINT)
 
+    def drop_interrupts_in_callbacks(unraisable) -> None:
+        # A resent SIGINT that lands in a garbage-collection callback is raised there, where Python
+        # can only print it ("Exception ignored in ...") and go on; the next resend stops the run.
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous_unraisable_hook(unraisable)
+
+    previous_unraisable_hook, sys.unraisablehook = sys.unraisablehook, drop_interrupts_in_callbacks
     resender = threading.Thread(target=interrupt_until_done, name="stop-resend", daemon=True)
     resender.start()
     try:
@@ -112,6 +120,7 @@ def watch_signals() -> Iterator[Signals]:
     finally:
         signals.finished()
         resender.join()
+        sys.unraisablehook = previous_unraisable_hook
         signal.signal(signal.SIGTERM, previous_term)
         signal.set_wakeup_fd(previous_fd)
         signals.close()
