@@ -40,7 +40,7 @@ from ml_platform.lib.evaluation import (
     unfair_comparison,
 )
 from ml_platform.lib.ingestion import ingest_batch
-from ml_platform.lib.provenance import frame_hash
+from ml_platform.lib.provenance import frame_hash, reproduction_tags
 from ml_platform.lib.settings import Settings
 from ml_platform.lib.training import carve_validation, fit_model, split_train_test
 
@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
                     "dagster.partition": batch_id,
                     "model_name": name,
                     "benchmark": "floor",
+                    **reproduction_tags(fitted, held_out[name]),
                 },
+                batch_hashes={batch_id: summary.content_hash},
             )
             store.run_url(logged[name][0])
             lap(f"{name}_mlflow")
