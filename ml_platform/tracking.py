@@ -1,4 +1,5 @@
-"""The tracking API for people working from code: MLflow runs, comparisons and the Model Registry.
+"""The tracking API for people working from code: MLflow runs, comparisons and the Model Registry,
+and ClearML tasks beside them (`ClearMLTracker`, `compare_clearml_experiments`, `compare_registered_models`).
 
     from ml_platform.tracking import ExperimentTracker, mlflow_run, compare_runs, get_best_run
 
@@ -20,13 +21,18 @@ import inspect
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from ml_platform.lib.config import ExperimentConfig, PlatformConfig
 from ml_platform.lib.mlflow_store import MlflowStore, sklearn_model_args, tracking_uri_in_use
 from ml_platform.lib.registry import AliasEvent, alias_history, rollback, set_alias
 from ml_platform.lib.settings import Settings
+
+if TYPE_CHECKING:
+    from ml_platform.lib.clearml_store import ClearMLTarget
 
 MODES = ("min", "max")
 # Where runs go when no experiment is named: one the platform creates, so its artifacts stay under
@@ -326,3 +332,231 @@ class MLflowManager:
                 }
             )
         return pd.DataFrame(rows, columns=["name", "latest_version", "aliases", "updated"])
+
+
+# ---------------------------------------------------------------- ClearML
+
+
+def clearml_target() -> ClearMLTarget:
+    """Where ClearML tasks go for this environment: a server from CLEARML_API_HOST and keys, or
+    offline sessions under the platform's data folder."""
+    from ml_platform.lib.clearml_store import ClearMLTarget, ClearMLUnavailable
+
+    try:
+        return ClearMLTarget.from_environment(Settings.from_env().clearml_dir)
+    except ClearMLUnavailable as error:
+        raise TrackingError(str(error)) from None
+
+
+def clearml_project(config: PlatformConfig | ExperimentConfig) -> str:
+    """The ClearML project of a config: the name its MLflow experiment has, so both trackers file a
+    run under the same name."""
+    return config.tracking.experiment_name if isinstance(config, PlatformConfig) else config.name
+
+
+class ClearMLTracker:
+    """One ClearML task as a context manager, for a platform or experiment config (validated, or as
+    Hydra composed it) and a stage, which names the task:
+
+        with ClearMLTracker(cfg, stage="train", task_type="training") as tracker:
+            tracker.connect_dict("model", {"C": 0.5})
+            tracker.log_metrics(metrics={"f1": 0.61}, series="validation", iteration=0)
+            tracker.upload_artifact("report", Path("report.json"))
+            tracker.register_model(Path("model.pkl"), "churn_classifier", {"f1": 0.61})
+
+    The task holds the resolved config (as its `config` configuration) and is tagged with the
+    config hash, the code version and `extra_tags`; library versions are its `libraries` parameters.
+    An exception inside the block leaves the task failed with the exception as the reason, and
+    propagates. Without a ClearML server configured the task is an offline session under the
+    platform's data folder (see the README to import it into a server later).
+    """
+
+    def __init__(self, cfg: Any, stage: str, task_type: str = "training", extra_tags: Iterable[str] | None = None):
+        from ml_platform.lib.config import ConfigError, validated_config
+
+        if not stage or not stage.strip():
+            raise TrackingError("stage must name the task, e.g. 'train'")
+        try:
+            self.config = validated_config(cfg)
+        except ConfigError as error:
+            raise TrackingError(f"cfg: {error}") from None
+        self.stage = stage
+        self.task_type = task_type
+        self.extra_tags = list(extra_tags or ())
+        self.project_name = clearml_project(self.config)
+        self.task_id: str | None = None
+        self._task = None
+        self._open = None
+
+    def __enter__(self) -> ClearMLTracker:
+        from ml_platform.lib.clearml_store import ClearMLUnavailable, open_task
+        from ml_platform.lib.provenance import code_version, library_versions
+
+        tags = [f"config_hash:{self.config.config_hash()}", f"code_version:{code_version()}", *self.extra_tags]
+        self._open = open_task(clearml_target(), self.project_name, self.stage, self.task_type, tags)
+        try:
+            self._task = self._open.__enter__()
+        except ClearMLUnavailable as error:
+            raise TrackingError(str(error)) from None
+        self.task_id = self._task.id
+        self._task.connect_configuration("config", self.config.loggable())
+        self._task.connect("libraries", library_versions())
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> bool:
+        self._open.__exit__(exc_type, exc, traceback)
+        self._task = None
+        return False
+
+    def _active(self):
+        if self._task is None:
+            raise TrackingError("the task is not open: use ClearMLTracker(...) in a `with` block")
+        return self._task
+
+    def connect_dict(self, name: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """`payload` as the task's parameter section `name`; returns it as ClearML holds it."""
+        return self._active().connect(name, payload)
+
+    def log_metrics(self, metrics: Mapping[str, float], series: str, iteration: int) -> None:
+        """Each metric as a scalar titled by its name, `series` the line (validation, test), at `iteration`."""
+        self._active().log_scalars(metrics, series, iteration)
+
+    def log_text(self, message: str) -> None:
+        self._active().log_text(message)
+
+    def upload_artifact(self, name: str, artifact: Any) -> None:
+        """A file (a Path, or a string naming an existing file) or an object, stored as artifact `name`."""
+        self._active().upload_artifact(name, artifact)
+
+    def register_model(self, model_path: str | os.PathLike, model_name: str, metadata: Mapping[str, Any]) -> str:
+        """The file at `model_path` as an output model `model_name` in ClearML's registry, with
+        `metadata`; returns its id. The champion stays MLflow's: this registers, it promotes nothing."""
+        return self._active().register_model(Path(model_path), model_name, metadata)
+
+
+def compare_clearml_experiments(project_name: str, metric_name: str = "val_rmse") -> pd.DataFrame:
+    """The project's ClearML tasks side by side, oldest first: one row per task (index task_id) with
+    its name, status, tags, parameters and the last value of `metric_name` ("title", or
+    "title/series" when the title has several series; NaN where a task did not log it). Reads the
+    server when one is configured, else the platform's offline sessions."""
+    from ml_platform.lib.clearml_store import metric_value, offline_sessions
+
+    target = clearml_target()
+    if target.offline:
+        rows = [
+            (s.task_id, s.name, s.status, s.tags, s.parameters, s.last_scalars(), s.written)
+            for s in offline_sessions(target.offline_dir, project_name)
+        ]
+    else:
+        rows = [
+            (
+                task.id,
+                task.name,
+                task.get_status(),
+                tuple(task.get_tags()),
+                task.get_parameters(),
+                _last_scalars(task),
+                None,
+            )
+            for task in _server_tasks(target, project_name)
+        ]
+    if not rows:
+        raise TrackingError(f"no ClearML tasks in project {project_name!r} ({_where(target)})")
+    try:
+        table = [
+            {
+                "task_id": task_id,
+                "name": name,
+                "status": status,
+                "tags": list(tags),
+                "parameters": parameters,
+                metric_name: metric_value(scalars, metric_name),
+                "updated": updated,
+            }
+            for task_id, name, status, tags, parameters, scalars, updated in rows
+        ]
+    except ValueError as error:
+        raise TrackingError(str(error)) from None
+    return pd.DataFrame(table).set_index("task_id").astype({metric_name: "float64"})
+
+
+def compare_registered_models(model_name: str, project_name: str, max_results: int = 50) -> pd.DataFrame:
+    """Every model registered in ClearML as `model_name` in the project, newest first (at most
+    `max_results`): its id, version (1 the oldest), the task that registered it, tags and metadata."""
+    from ml_platform.lib.clearml_store import offline_sessions, version_numbers
+
+    if max_results < 1:
+        raise TrackingError(f"max_results must be at least 1, not {max_results}")
+    target = clearml_target()
+    if target.offline:
+        rows = [
+            {
+                "model_id": m.model_id,
+                "name": m.name,
+                "task_id": s.task_id,
+                "task_name": s.name,
+                "task_status": s.status,
+                "framework": m.framework,
+                "tags": list(m.tags),
+                "metadata": m.metadata,
+                "registered": s.written,
+            }
+            for s in offline_sessions(target.offline_dir, project_name)
+            for m in s.models
+            if m.name == model_name
+        ]
+        order = [row["registered"] for row in rows]
+    else:
+        models = _server_models(target, project_name, model_name)
+        rows = [
+            {
+                "model_id": m.id,
+                "name": m.name,
+                "task_id": m.task,
+                "task_name": None,
+                "task_status": None,
+                "framework": m.framework,
+                "tags": list(m.tags),
+                "metadata": {key: entry.get("value") for key, entry in m.get_all_metadata().items()},
+                "registered": None,
+            }
+            for m in models
+        ]
+        order = list(range(len(rows), 0, -1))  # the server lists the most recently updated first
+    if not rows:
+        raise TrackingError(f"no ClearML model {model_name!r} in project {project_name!r} ({_where(target)})")
+    for row, version in zip(rows, version_numbers(order), strict=True):
+        row["version"] = version
+    table = pd.DataFrame(rows).sort_values("version", ascending=False).head(max_results)
+    return table[["model_id", "version", *[c for c in table.columns if c not in ("model_id", "version")]]]
+
+
+def _where(target: ClearMLTarget) -> str:
+    return f"offline sessions under {target.offline_dir}" if target.offline else f"server {target.api_host}"
+
+
+def _server_tasks(target: ClearMLTarget, project_name: str) -> list:
+    from clearml import Task
+
+    from ml_platform.lib.clearml_store import connect_to_server
+
+    connect_to_server(target.api_host)
+    return Task.get_tasks(project_name=project_name)
+
+
+def _server_models(target: ClearMLTarget, project_name: str, model_name: str) -> list:
+    from clearml import Model
+
+    from ml_platform.lib.clearml_store import connect_to_server
+
+    connect_to_server(target.api_host)
+    return Model.query_models(project_name=project_name, model_name=model_name, include_archived=False)
+
+
+def _last_scalars(task) -> dict[str, float]:
+    """A server task's last scalar values as "title/series", as offline sessions give them."""
+    return {
+        f"{title}/{series}": values["last"]
+        for title, by_series in task.get_last_scalar_metrics().items()
+        for series, values in by_series.items()
+    }

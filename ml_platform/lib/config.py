@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -395,6 +395,18 @@ class TrackingConfig(StrictModel):
     # Where new experiments keep artifacts (a folder or URI); by default `mlflow/artifacts/` for
     # the embedded store, and the server's own default for a tracking server.
     artifact_location: str | None = None
+    # Where each model run is logged: always MLflow (its registry holds the champion), and ClearML
+    # beside it when listed (a server from CLEARML_API_HOST and keys, else offline sessions).
+    backends: list[Literal["mlflow", "clearml"]] = Field(default_factory=lambda: ["mlflow"])
+
+    @field_validator("backends")
+    @classmethod
+    def _mlflow_is_kept(cls, backends: list[str]) -> list[str]:
+        if "mlflow" not in backends:
+            raise ValueError("must include mlflow: the champion decision and the Model Registry are MLflow's")
+        if len(set(backends)) != len(backends):
+            raise ValueError(f"lists a backend twice: {backends}")
+        return backends
 
 
 # ---------------------------------------------------------------- automation, notifications, monitoring
@@ -566,11 +578,12 @@ class PlatformConfig(StrictModel):
 
     def loggable(self) -> dict[str, Any]:
         """The resolved config as recorded with every model, without what changes no model: the
-        tracking URI (a server URI may carry credentials), automation, notifications, monitoring, drift."""
+        tracking URI (a server URI may carry credentials) and backends, automation, notifications,
+        monitoring, drift."""
         return self.model_dump(
             mode="json",
             exclude={
-                "tracking": {"tracking_uri"},
+                "tracking": {"tracking_uri", "backends"},
                 "automation": True,
                 "notifications": True,
                 "monitoring": True,
@@ -690,6 +703,26 @@ def load_config(path: Path, overrides: Sequence[str] = ()) -> PlatformConfig:
 def load_experiment_config(path: Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Compose and validate an experiment config (`configs/experiment.yaml` plus overrides)."""
     return _validated(ExperimentConfig, compose_config(path, overrides), path)
+
+
+def validated_config(cfg: Any) -> PlatformConfig | ExperimentConfig:
+    """The platform's or an experiment's config from either form people hold: the validated object,
+    or the composed one (Hydra's OmegaConf object, or a plain mapping), validated here. An
+    experiment's has one `model`, the platform's `models`."""
+    if isinstance(cfg, PlatformConfig | ExperimentConfig):
+        return cfg
+    if OmegaConf.is_config(cfg):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(
+            "expected a PlatformConfig, an ExperimentConfig or a composed config (OmegaConf or a mapping), "
+            f"got {type(cfg).__name__}"
+        )
+    schema = ExperimentConfig if "model" in cfg and "models" not in cfg else PlatformConfig
+    try:
+        return schema.model_validate(dict(cfg))
+    except ValidationError as error:
+        raise ConfigError(f"{schema.__name__}: {format_validation_error(error)}") from None
 
 
 def _validated(schema: type[StrictModel], raw: dict[str, Any], path: Path):

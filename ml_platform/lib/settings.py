@@ -74,6 +74,11 @@ class Settings:
         return self.output_root / "reports"
 
     @property
+    def clearml_dir(self) -> Path:
+        """ClearML's cache, holding its offline sessions (`offline/*.zip`) when no server is configured."""
+        return self.output_root / "clearml"
+
+    @property
     def mlflow_dir(self) -> Path:
         return self.home / "mlflow"
 
