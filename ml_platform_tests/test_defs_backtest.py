@@ -110,7 +110,7 @@ def test_each_batch_holds_the_champions_metrics_on_all_of_its_rows(backtested):
     champion = store.load_model(f"models:/{model_name(platform)}/1")
     features = Warehouse(platform.settings.warehouse_dir).read_table(["batch_0003"], "features")
 
-    expected = score("classification", champion, *model_inputs(features, "churned", "customer_id"))
+    expected = score("classification", champion, *model_inputs(features, platform.config.data))
 
     row = report["batches"][1]
     assert row["batch"] == "batch_0003" and row["rows"] == 2000

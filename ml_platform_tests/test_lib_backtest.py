@@ -32,10 +32,7 @@ def model():
 
 
 def backtest(model, batches: dict[str, pd.DataFrame], metric: str = "roc_auc", mode: str = "max") -> BacktestResult:
-    data = CONFIG.data
-    return run_backtest(
-        model, batches, task=data.task, target=data.target, id_column=data.id_column, metric=metric, mode=mode
-    )
+    return run_backtest(model, batches, CONFIG.data, metric=metric, mode=mode)
 
 
 def test_every_batch_is_scored_in_the_given_order_on_all_its_rows_with_every_task_metric(model):
@@ -49,12 +46,12 @@ def test_every_batch_is_scored_in_the_given_order_on_all_its_rows_with_every_tas
     for row in result.batches:
         assert set(row.metrics) == set(CLASSIFICATION_METRICS)
         assert all(0.0 <= value <= 1.0 for value in row.metrics.values())
-    x, y = model_inputs(batches["batch_0002"], CONFIG.data.target, CONFIG.data.id_column)
-    assert result.batches[1].metrics == score("classification", model, x, y)
+    x, y = model_inputs(batches["batch_0002"], CONFIG.data)
+    assert result.batches[1].metrics == score("classification", model, x, y, CONFIG.data.classes)
 
 
 def test_model_inputs_leave_out_target_id_and_batch_id_and_give_numbers_as_floats():
-    x, y = model_inputs(batch(2, rows=50), CONFIG.data.target, CONFIG.data.id_column)
+    x, y = model_inputs(batch(2, rows=50), CONFIG.data)
 
     assert not {"churned", "customer_id", "batch_id"} & set(x.columns)
     assert {"tenure_months", "contract_type", "age"} <= set(x.columns)
@@ -64,7 +61,10 @@ def test_model_inputs_leave_out_target_id_and_batch_id_and_give_numbers_as_float
 
 
 def test_model_inputs_leave_out_the_columns_the_contract_marks_as_not_features():
-    x, _ = model_inputs(batch(2, rows=20), CONFIG.data.target, CONFIG.data.id_column, role_excluded=["region"])
+    region = CONFIG.data.columns["region"].model_copy(update={"role": "ignore"})
+    data = CONFIG.data.model_copy(update={"columns": {**CONFIG.data.columns, "region": region}})
+
+    x, _ = model_inputs(batch(2, rows=20), data)
 
     assert "region" not in x.columns and "tenure_months" in x.columns
 

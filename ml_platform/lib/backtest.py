@@ -10,15 +10,15 @@ Dagster-free: `ml_platform.defs.evaluation.backtest` loads the model and the bat
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
-from ml_platform.lib.config import METRIC_DIRECTIONS
+from ml_platform.lib.config import METRIC_DIRECTIONS, DataConfig
 from ml_platform.lib.evaluation import score
-from ml_platform.lib.training import NON_FEATURE_COLUMNS
+from ml_platform.lib.training import model_feature_columns, numbers_as_floats
 
 # A trend within this fraction of the metric's mean per batch is noise, not a change: 1% of a
 # roc_auc of 0.80 is 0.008 per batch; 1% of an RMSE of 12.0 is 0.12.
@@ -122,32 +122,26 @@ class BacktestResult:
 def run_backtest(
     model,
     batches: Mapping[str, pd.DataFrame],
+    data: DataConfig,
     *,
-    task: str,
-    target: str,
-    id_column: str,
     metric: str,
     mode: str,
     relative_tolerance: float = DEFAULT_RELATIVE_TOLERANCE,
-    role_excluded: Collection[str] = (),
-    classes: Sequence | None = None,
 ) -> BacktestResult:
     """Score `model` on each batch's features, in the mapping's order, and fit the trend.
 
     A batch the model cannot score (a column it needs is missing, the target is absent, no rows)
     becomes an error row with the reason; the other batches are still scored. A metric undefined
     on a batch (ROC AUC when it holds one class) is NaN there and left out of the trend.
-    `classes` are the target's labels (`DataConfig.classes`), so a multi-class model's metrics are laid
-    out by the contract's labels, including one it never saw in training.
+    A multi-class model's metrics are laid out by the contract's labels (`data.classes`),
+    including one it never saw in training.
     """
     if not batches:
         raise ValueError("no batches to backtest")
+    task = data.task
     if metric not in METRIC_DIRECTIONS[task]:
         raise ValueError(f"{metric!r} is not a {task} metric; allowed: {', '.join(METRIC_DIRECTIONS[task])}")
-    rows = tuple(
-        _score_batch(model, batch_id, features, task, target, id_column, role_excluded, classes)
-        for batch_id, features in batches.items()
-    )
+    rows = tuple(_score_batch(model, batch_id, features, data) for batch_id, features in batches.items())
     points = [
         (position, row.metrics[metric])
         for position, row in enumerate(rows)
@@ -156,36 +150,21 @@ def run_backtest(
     return BacktestResult(task, metric, mode, rows, trend(points, mode, relative_tolerance))
 
 
-def model_inputs(
-    features: pd.DataFrame, target: str, id_column: str, role_excluded: Collection[str] = ()
-) -> tuple[pd.DataFrame, pd.Series]:
+def model_inputs(features: pd.DataFrame, data: DataConfig) -> tuple[pd.DataFrame, pd.Series]:
     """(x, y) from a batch's `features` table, as `split_train_test` builds them for training:
-    every column but the target, the id, the bookkeeping ones and `role_excluded`
-    (`role_excluded_columns`), numbers as floats."""
-    if target not in features.columns:
-        raise KeyError(f"no target column {target!r} in the batch's features")
-    excluded = {target, id_column, *NON_FEATURE_COLUMNS, *role_excluded}
-    x = features[[column for column in features.columns if column not in excluded]].copy()
-    numeric = [column for column in x.columns if pd.api.types.is_numeric_dtype(x[column])]
-    x[numeric] = x[numeric].astype("float64")
-    return x, features[target]
+    the model's columns (`model_feature_columns`), numbers as floats."""
+    if data.target not in features.columns:
+        raise KeyError(f"no target column {data.target!r} in the batch's features")
+    x = numbers_as_floats(features[model_feature_columns(features.columns, data)])
+    return x, features[data.target]
 
 
-def _score_batch(
-    model,
-    batch_id: str,
-    features: pd.DataFrame,
-    task: str,
-    target: str,
-    id_column: str,
-    role_excluded: Collection[str],
-    classes: Sequence | None,
-) -> BatchScore:
+def _score_batch(model, batch_id: str, features: pd.DataFrame, data: DataConfig) -> BatchScore:
     try:
-        x, y = model_inputs(features, target, id_column, role_excluded)
+        x, y = model_inputs(features, data)
         if x.empty:
             raise ValueError("the batch has no rows")
-        metrics = score(task, model, x, y, classes)
+        metrics = score(data.task, model, x, y, data.classes)
     except (ValueError, KeyError, TypeError) as error:  # the model cannot read this batch
         reason = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
         first_line = reason.splitlines()[0][:200] if reason else ""

@@ -116,6 +116,14 @@ def model_feature_columns(columns, data: DataConfig) -> list[str]:
     return [column for column in columns if column not in excluded]
 
 
+def numbers_as_floats(x: pd.DataFrame) -> pd.DataFrame:
+    """`x` with its numbers as float64: so scikit-learn and the MLflow signature see one type whatever DuckDB typed."""
+    x = x.copy()
+    numeric = [column for column in x.columns if pd.api.types.is_numeric_dtype(x[column])]
+    x[numeric] = x[numeric].astype("float64")
+    return x
+
+
 def split_train_test(
     features: pd.DataFrame, data: DataConfig, training: TrainingConfig, current_batch: str
 ) -> TrainTestSplit:
@@ -132,8 +140,7 @@ def split_train_test(
     feature_columns = model_feature_columns(ordered.columns, data)
     # Numbers go to the model as floats: an integer column with a null in one batch and none in
     # the next would otherwise change the registered model's input schema between batches.
-    numeric = [c for c in feature_columns if pd.api.types.is_numeric_dtype(ordered[c])]
-    ordered[numeric] = ordered[numeric].astype("float64")
+    ordered[feature_columns] = numbers_as_floats(ordered[feature_columns])
     is_current = ordered["batch_id"] == current_batch
     if not is_current.any():
         raise ValueError(f"no rows of batch {current_batch!r} among the features to split")

@@ -15,7 +15,6 @@ from ml_platform.defs.training.assets import FEATURES_KEY
 from ml_platform.lib.backtest import run_backtest
 from ml_platform.lib.config import PlatformConfig
 from ml_platform.lib.mlflow_store import MlflowStore
-from ml_platform.lib.training import role_excluded_columns
 from ml_platform.lib.warehouse import Warehouse
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
 from ml_platform.resources.reports import ReportsResource
@@ -108,17 +107,7 @@ def build_backtest_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]:
             context.log.warning(f"Left out, no features yet: {', '.join(plan.without_features)}")
         model = mlflow.store.load_model(f"models:/{model_name}/{plan.version}")
         features = {batch_id: warehouse.warehouse.read_table([batch_id], "features") for batch_id in plan.batches}
-        result = run_backtest(
-            model,
-            features,
-            task=data.task,
-            target=data.target,
-            id_column=data.id_column,
-            metric=metric,
-            mode=mode,
-            role_excluded=role_excluded_columns(data),
-            classes=data.classes,
-        )
+        result = run_backtest(model, features, data, metric=metric, mode=mode)
         report = {
             "registered_model": model_name,
             "version": plan.version,
