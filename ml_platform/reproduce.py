@@ -16,7 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ml_platform.lib.mlflow_store import BATCH_HASHES_ARTIFACT, MlflowStore, tracking_uri_in_use
+from ml_platform.lib.mlflow_store import MlflowStore, tracking_uri_in_use
+from ml_platform.lib.provenance import BATCH_HASHES_ARTIFACT
 from ml_platform.lib.reproduce import (
     CannotReproduce,
     Comparison,

@@ -535,21 +535,26 @@ def _where(target: ClearMLTarget) -> str:
     return f"offline sessions under {target.offline_dir}" if target.offline else f"server {target.api_host}"
 
 
+def _connect(target: ClearMLTarget) -> None:
+    from ml_platform.lib.clearml_store import ClearMLUnavailable, connect_to_server
+
+    try:
+        connect_to_server(target.api_host)
+    except ClearMLUnavailable as error:
+        raise TrackingError(str(error)) from None
+
+
 def _server_tasks(target: ClearMLTarget, project_name: str) -> list:
     from clearml import Task
 
-    from ml_platform.lib.clearml_store import connect_to_server
-
-    connect_to_server(target.api_host)
+    _connect(target)
     return Task.get_tasks(project_name=project_name)
 
 
 def _server_models(target: ClearMLTarget, project_name: str, model_name: str) -> list:
     from clearml import Model
 
-    from ml_platform.lib.clearml_store import connect_to_server
-
-    connect_to_server(target.api_host)
+    _connect(target)
     return Model.query_models(project_name=project_name, model_name=model_name, include_archived=False)
 
 

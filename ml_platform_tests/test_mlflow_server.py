@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from ml_platform.lib.mlflow_store import TRAINING_IDS_ARTIFACT
+from ml_platform.lib.provenance import TRAINING_IDS_ARTIFACT
 from ml_platform_tests.conftest import Cli, PlatformUnderTest, _platform, small_config
 from ml_platform_tests.servers import mlflow_server
 

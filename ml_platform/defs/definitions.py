@@ -20,6 +20,7 @@ from ml_platform.defs.predictions.assets import build_prediction_assets
 from ml_platform.defs.training.assets import build_training_assets
 from ml_platform.lib.config import PlatformConfig
 from ml_platform.lib.settings import Settings
+from ml_platform.resources.clearml_tracking import ClearMLTrackingResource
 from ml_platform.resources.dbt_runner import DbtRunnerResource
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
 from ml_platform.resources.notifier import notifier_from_config
@@ -106,6 +107,9 @@ def build_resources(config: PlatformConfig, settings: Settings) -> dict[str, Any
             tracking_uri=tracking_uri(config, settings),
             artifact_location=settings.artifact_location_for(config),
             experiment_name=config.tracking.experiment_name,
+        ),
+        "clearml": ClearMLTrackingResource(
+            cache_dir=str(settings.clearml_dir), project_name=config.tracking.experiment_name
         ),
         "reports": ReportsResource(reports_dir=str(settings.reports_dir)),
         "notifier": notifier_from_config(config.notifications, settings.output_root),

@@ -307,6 +307,97 @@ def keep_newest_sessions(offline_dir: Path, keep: int) -> list[Path]:
     return removed
 
 
+# ---------------------------------------------------------------- the pipeline's runs
+
+# The tags a task is labelled with in ClearML, the ones people filter by (every tag of the MLflow run
+# is also in the task's `tags` parameters): the batch, data hash, code version, config hash, model.
+TASK_LABELS = {
+    "dagster.partition": "batch",
+    "data_hash": "data_hash",
+    "code_version": "code_version",
+    "config_hash": "config_hash",
+    "model_name": "model",
+    "mlflow_run_id": "mlflow_run",
+}
+VALIDATION_PREFIX = "validation_"
+
+
+def task_labels(tags: Mapping[str, str]) -> list[str]:
+    """The labels of a task whose MLflow run has `tags`: `batch:batch_0001`, `data_hash:...`."""
+    return [f"{label}:{tags[key]}" for key, label in TASK_LABELS.items() if key in tags]
+
+
+def metrics_by_series(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """A model run's metrics as ClearML series: `validation_<metric>` on the validation line, the
+    others (held-out metrics, fit time) on the test line, so each metric's plot has both lines."""
+    series: dict[str, dict[str, float]] = {}
+    for name, value in metrics.items():
+        if name.startswith(VALIDATION_PREFIX):
+            series.setdefault("validation", {})[name.removeprefix(VALIDATION_PREFIX)] = value
+        else:
+            series.setdefault("test", {})[name] = value
+    return series
+
+
+@dataclass(frozen=True)
+class ClearMLStore:
+    """The pipeline's ClearML side: one task per model run, one per batch's evaluation, in `project_name`."""
+
+    target: ClearMLTarget
+    project_name: str
+
+    def log_fitted_model(
+        self,
+        run_name: str,
+        model_type: str,
+        fitted,
+        metrics: dict[str, float],
+        split,
+        training,
+        data_hash: str,
+        config,
+        tags: dict[str, str],
+        batch_hashes: dict[str, str | None] | None = None,
+    ) -> tuple[str, str]:
+        """A task named `run_name` holding what the model's MLflow run holds (`model_run_record`):
+        params, metrics, every tag, the config and provenance files, and the fitted pipeline as an
+        output model named after the model. Returns (task id, model id)."""
+        import pickle
+        import tempfile
+
+        from ml_platform.lib.provenance import PICKLE_PROTOCOL, model_run_record
+
+        record = model_run_record(model_type, fitted, metrics, split, training, data_hash, config, tags, batch_hashes)
+        labels = task_labels(record.tags)
+        with open_task(self.target, self.project_name, run_name, "training", labels) as task:
+            task.connect("params", record.params)
+            task.connect("tags", record.tags)
+            for series, values in metrics_by_series(record.metrics).items():
+                task.log_scalars(values, series, iteration=0)
+            for name, content in record.artifacts.items():
+                task.upload_artifact(Path(name).stem, content)
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / f"{tags.get('model_name', model_type)}.pkl"
+                path.write_bytes(pickle.dumps(fitted.pipeline, protocol=PICKLE_PROTOCOL))
+                model_id = task.register_model(
+                    path, tags.get("model_name", model_type), {"model_type": model_type, **metrics}, labels
+                )
+        return task.id, model_id
+
+    def log_evaluation(self, batch: str, winner: str, files: Sequence[Path], tags: Mapping[str, str]) -> str:
+        """A task `evaluation-<batch>` with the batch's plots (`*.png`) as images and its other
+        files as artifacts, labelled with the winner. Returns its id."""
+        labels = [*task_labels(tags), f"winner:{winner}"]
+        with open_task(self.target, self.project_name, f"evaluation-{batch}", "qc", labels) as task:
+            task.connect("tags", tags)
+            for path in files:
+                if path.suffix == ".png":
+                    task.log_image("evaluation", path.stem, path)
+                else:
+                    task.upload_artifact(path.stem, path)
+        return task.id
+
+
 # ---------------------------------------------------------------- reading offline sessions
 
 

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from filelock import FileLock
 
+from ml_platform.lib.provenance import TRAINING_IDS_ARTIFACT, model_run_record
 from ml_platform.lib.registry import set_alias
 
 
@@ -37,12 +38,8 @@ logging.getLogger("mlflow.utils.environment").addFilter(_DropUnpinnedPipWarning(
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 FLUENT_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-# The ids a model was fitted on, so a later comparison can prove it never saw the rows it is scored on.
-TRAINING_IDS_ARTIFACT = "split/training_ids.json"
 # MLflow refuses run tags longer than this.
 MAX_TAG_CHARS = 8000
-# The content hash of each batch file the model was trained on (a file, not a tag: a window grows).
-BATCH_HASHES_ARTIFACT = "provenance/batch_hashes.json"
 
 
 @dataclass
@@ -153,35 +150,15 @@ class MlflowStore:
         content hash of each batch file it was trained on when `batch_hashes` are given.
         `config` is a PlatformConfig or ExperimentConfig, `training` its TrainingConfig; the trials
         of `study`, when the params were tuned, as nested runs."""
-        from ml_platform.lib.provenance import code_version, library_versions
-
+        record = model_run_record(model_type, fitted, metrics, split, training, data_hash, config, tags, batch_hashes)
         return self.log_model_run(
             run_name=run_name,
-            params={
-                "model_type": model_type,
-                **fitted.params,
-                "test_size": training.test_size,
-                "window": training.window,
-                "random_state": training.random_state,
-                "train_rows": len(split.train),
-                "validation_rows": len(split.validation),
-            },
-            metrics={**metrics, "fit_seconds": fitted.fit_seconds},
-            tags={
-                "data_hash": data_hash,
-                "code_version": code_version(),
-                "config_hash": config.config_hash(),
-                **{f"lib.{lib}": version for lib, version in library_versions().items()},
-                **split.provenance.as_tags(),
-                **tags,
-            },
+            params=record.params,
+            metrics=record.metrics,
+            tags=record.tags,
             model=fitted.pipeline,
             input_example=split.x_train.head(5),
-            artifacts={
-                "config.json": config.loggable(),
-                TRAINING_IDS_ARTIFACT: {"id_column": split.id_column, "ids": split.training_ids()},
-                **({BATCH_HASHES_ARTIFACT: batch_hashes} if batch_hashes is not None else {}),
-            },
+            artifacts=record.artifacts,
             study=study,
         )
 

@@ -7,23 +7,29 @@ import hashlib
 import json
 import pickle
 import subprocess
+from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
+    from ml_platform.lib.config import ExperimentConfig, PlatformConfig, TrainingConfig
     from ml_platform.lib.evaluation import Predictions
-    from ml_platform.lib.training import FittedModel
+    from ml_platform.lib.training import FittedModel, TrainTestSplit
 
 PARAMS_TAG = "model.params"
 PREDICTIONS_HASH_TAG = "model.held_out_predictions_sha256"
 MODEL_HASH_TAG = "model.pickle_sha256"
 # Pinned, not pickle.DEFAULT_PROTOCOL: a Python whose default changed would hash the same model differently.
 PICKLE_PROTOCOL = 5
+# The ids a model was fitted on, so a later comparison can prove it never saw the rows it is scored on.
+TRAINING_IDS_ARTIFACT = "split/training_ids.json"
+# The content hash of each batch file the model was trained on (a file, not a tag: a window grows).
+BATCH_HASHES_ARTIFACT = "provenance/batch_hashes.json"
 
 TRACKED_LIBRARIES = ("scikit-learn", "pandas", "numpy", "duckdb", "dbt-core", "dbt-duckdb", "mlflow", "dagster")
 
@@ -96,3 +102,55 @@ def model_hash(model) -> str:
     params and nothing of the process (no timestamps, no addresses), so the same fit on the same data
     gives the same bytes, in another process too (`test_lib_provenance.py` pins it)."""
     return hashlib.sha256(pickle.dumps(model, protocol=PICKLE_PROTOCOL)).hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelRunRecord:
+    """What every tracker records of one fitted model (MLflow, and ClearML beside it): `artifacts`
+    maps a path in the run to a dict or list written as JSON."""
+
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    artifacts: dict[str, Any]
+
+
+def model_run_record(
+    model_type: str,
+    fitted: FittedModel,
+    metrics: dict[str, float],
+    split: TrainTestSplit,
+    training: TrainingConfig,
+    data_hash: str,
+    config: PlatformConfig | ExperimentConfig,
+    tags: dict[str, str],
+    batch_hashes: dict[str, str | None] | None = None,
+) -> ModelRunRecord:
+    """A model's provenance: its params, held-out metrics, the data hash, code and library versions,
+    the resolved config and its hash, the ids it was fitted on, and the content hash of each batch
+    file it was trained on when `batch_hashes` are given. `tags` are the caller's, added last."""
+    return ModelRunRecord(
+        params={
+            "model_type": model_type,
+            **fitted.params,
+            "test_size": training.test_size,
+            "window": training.window,
+            "random_state": training.random_state,
+            "train_rows": len(split.train),
+            "validation_rows": len(split.validation),
+        },
+        metrics={**metrics, "fit_seconds": fitted.fit_seconds},
+        tags={
+            "data_hash": data_hash,
+            "code_version": code_version(),
+            "config_hash": config.config_hash(),
+            **{f"lib.{lib}": version for lib, version in library_versions().items()},
+            **split.provenance.as_tags(),
+            **tags,
+        },
+        artifacts={
+            "config.json": config.loggable(),
+            TRAINING_IDS_ARTIFACT: {"id_column": split.id_column, "ids": split.training_ids()},
+            **({BATCH_HASHES_ARTIFACT: batch_hashes} if batch_hashes is not None else {}),
+        },
+    )

@@ -22,6 +22,7 @@ from ml_platform.lib.evaluation import (
     recorded_decision,
     unfair_comparison,
 )
+from ml_platform.resources.clearml_tracking import ClearMLTrackingResource
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
 from ml_platform.resources.reports import ReportsResource
 
@@ -51,6 +52,7 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
         context: dg.AssetExecutionContext,
         reports: ReportsResource,
         mlflow: MlflowTrackingResource,
+        clearml: ClearMLTrackingResource,
         training_data: TrainingData,
         **candidates: TrainedCandidate,
     ) -> dg.Output[dict]:
@@ -82,7 +84,7 @@ def build_evaluation_assets(config: PlatformConfig) -> list[dg.AssetsDefinition]
             "unseen_labels": unseen_labels(config.data, training_data.split),
         }
         path = reports.write_json(context.partition_key, "evaluation_report", report)
-        plots = publish_evaluation_plots(context, config, report, table, training_data, reports, mlflow)
+        plots = publish_evaluation_plots(context, config, report, table, training_data, reports, mlflow, clearml)
         return dg.Output(
             report,
             metadata={

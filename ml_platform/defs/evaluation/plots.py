@@ -19,6 +19,7 @@ import dagster as dg
 from ml_platform.defs.partitions import batch_partitions
 from ml_platform.defs.training.assets import TrainingData
 from ml_platform.lib.config import PlatformConfig
+from ml_platform.lib.provenance import code_version
 from ml_platform.lib.report_plots import (
     PLOT_TITLES,
     BatchOutcome,
@@ -29,6 +30,7 @@ from ml_platform.lib.report_plots import (
     metrics_over_batches_figure,
     to_png,
 )
+from ml_platform.resources.clearml_tracking import ClearMLTrackingResource
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
 from ml_platform.resources.reports import ReportsResource
 
@@ -46,11 +48,13 @@ def publish_evaluation_plots(
     training_data: TrainingData,
     reports: ReportsResource,
     mlflow: MlflowTrackingResource,
+    clearml: ClearMLTrackingResource,
 ) -> dict[str, dg.MetadataValue]:
     """Draw the batch's plots and the metrics over batches, write them with `evaluation_report.md`
-    under `reports/<batch>/`, log them on the winner's run, and return the metadata showing them.
+    under `reports/<batch>/`, log them on the winner's run (and to ClearML's evaluation task of the
+    batch when `tracking.backends` lists it), and return the metadata showing them.
 
-    A plot that fails is left out with a warning, and so are the files or the MLflow copy if
+    A plot that fails is left out with a warning, and so are the files or a tracker's copy if
     writing them fails: a broken picture is not worth losing a trained batch.
     """
     batch = context.partition_key
@@ -95,6 +99,16 @@ def publish_evaluation_plots(
         with _warn_on_failure(context, "logging the plots on the winner's MLflow run"):
             winner_run = report["candidates"][report["winner"]]["mlflow_run_id"]
             mlflow.store.log_artifacts(winner_run, files, artifact_path=ARTIFACT_PATH)
+    if files and "clearml" in config.tracking.backends:
+        with _warn_on_failure(context, "logging the plots to ClearML"):
+            tags = {
+                "dagster.partition": batch,
+                "data_hash": training_data.data_hash,
+                "code_version": code_version(),
+                "config_hash": config.config_hash(),
+            }
+            task_id = clearml.store.log_evaluation(batch, report["winner"], files, tags)
+            context.log.info(f"evaluation plots logged to ClearML (task {task_id})")
     metadata = {
         f"plot_{name}": dg.MetadataValue.md(image_markdown(PLOT_TITLES[name], png)) for name, png in pngs.items()
     }

@@ -32,6 +32,7 @@ from ml_platform.lib.provenance import frame_hash, reproduction_tags
 from ml_platform.lib.report_plots import PLOT_TITLES, image_markdown, objective_over_trials_figure, to_png
 from ml_platform.lib.training import TrainTestSplit, carve_validation, fit_model, split_train_test
 from ml_platform.lib.tuning import StudyResult, run_study, search_left_after, trials_markdown
+from ml_platform.resources.clearml_tracking import ClearMLTrackingResource
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
 from ml_platform.resources.warehouse import WarehouseResource
 
@@ -185,7 +186,10 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
         config: ModelParamsConfig,
         training_data: TrainingData,
         mlflow: MlflowTrackingResource,
+        clearml: ClearMLTrackingResource,
     ) -> dg.Output[TrainedCandidate]:
+        # Resolved first: a half-configured ClearML environment fails the step before any fitting.
+        clearml_store = clearml.store if "clearml" in platform.tracking.backends else None
         split = training_data.split
         params = {
             **canonical_param_names(spec.type, spec.params),
@@ -204,7 +208,7 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
         metrics = metrics_of(task, split.y_test, held_out)
         validation_metrics = score(task, fitted.pipeline, split.x_validation, split.y_validation, classes)
         per_class = per_class_metrics(split.y_test, held_out) if held_out.multiclass else {}
-        run_id, model_uri = mlflow.store.log_fitted_model(
+        run = dict(
             run_name=f"{name}-{context.partition_key}",
             model_type=spec.type,
             fitted=fitted,
@@ -224,9 +228,14 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
                 **reproduction_tags(fitted, held_out),
             },
             batch_hashes=training_data.batch_hashes,
-            study=study,
         )
+        run_id, model_uri = mlflow.store.log_fitted_model(**run, study=study)
         context.log.info(f"{name}: {metrics} (MLflow run {run_id})")
+        clearml_metadata = {}
+        if clearml_store is not None:
+            task_id, _ = clearml_store.log_fitted_model(**{**run, "tags": {**run["tags"], "mlflow_run_id": run_id}})
+            context.log.info(f"{name}: logged to ClearML too (task {task_id})")
+            clearml_metadata = {"clearml_task_id": task_id}
         with warnings.catch_warnings():
             # `data_version` is beta in Dagster 1.13 and used here knowingly (see below); its warning
             # would print once per model on every `ml-platform run` and say nothing a user can act on.
@@ -246,6 +255,7 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
                     "mlflow_run_id": run_id,
                     "model_uri": model_uri,
                     "mlflow_run": dg.MetadataValue.url(mlflow.store.run_url(run_id)),
+                    **clearml_metadata,
                     **(study_metadata(study) if study is not None else {}),
                 },
                 # Params given at launch change the model without changing the code version: the data
