@@ -5,6 +5,7 @@ answer fails in seconds with one clear error."""
 from __future__ import annotations
 
 import pickle
+import signal
 import socket
 import threading
 import time
@@ -63,6 +64,7 @@ def test_the_seed_example_writes_one_offline_session_holding_everything_it_logge
     cfg = OmegaConf.create(compose_config(DEFAULT_CONFIG_PATH))  # the config as Hydra composes it
     report = home / "report.json"
     report.write_text('{"rows": 10}')
+    handlers = [signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)]
 
     with ClearMLTracker(cfg, stage="train", task_type="training", extra_tags=["demo"]) as tracker:
         tracker.connect_dict("model", {"C": 0.5, "penalty": "l2", "nested": {"depth": 3}})
@@ -73,6 +75,8 @@ def test_the_seed_example_writes_one_offline_session_holding_everything_it_logge
         tracker.upload_artifact("summary", {"winner": "logistic_regression"})
         model_id = tracker.register_model(model_file, "churn_classifier", {"f1": 0.61, "batch": "batch_0001"})
 
+    # ClearML hooks exit, exceptions and signals while a task is open; closing it gives them back.
+    assert [signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)] == handlers
     (session,) = sessions(home)
     assert (session.task_id, session.project_name) == (tracker.task_id, tracker.project_name)
     assert tracker.project_name == "ml_platform/churn"  # the pipeline's MLflow experiment name

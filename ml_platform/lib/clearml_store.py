@@ -365,12 +365,12 @@ class ClearMLStore:
         import pickle
         import tempfile
 
-        from ml_platform.lib.provenance import PICKLE_PROTOCOL, model_run_record
+        from ml_platform.lib.provenance import PICKLE_PROTOCOL, model_run_record, param_text
 
         record = model_run_record(model_type, fitted, metrics, split, training, data_hash, config, tags, batch_hashes)
         labels = task_labels(record.tags)
         with open_task(self.target, self.project_name, run_name, "training", labels) as task:
-            task.connect("params", record.params)
+            task.connect("params", {key: param_text(value) for key, value in record.params.items()})
             task.connect("tags", record.tags)
             for series, values in metrics_by_series(record.metrics).items():
                 task.log_scalars(values, series, iteration=0)

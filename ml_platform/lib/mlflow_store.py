@@ -9,7 +9,6 @@ with "database is locked". With a tracking server (an http URI) no lock is taken
 """
 
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from filelock import FileLock
 
-from ml_platform.lib.provenance import TRAINING_IDS_ARTIFACT, model_run_record
+from ml_platform.lib.provenance import TRAINING_IDS_ARTIFACT, model_run_record, param_text
 from ml_platform.lib.registry import set_alias
 
 
@@ -119,7 +118,7 @@ class MlflowStore:
             tracking_uri_in_use(self.tracking_uri),
             mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags) as run,
         ):
-            mlflow.log_params({key: _param_value(value) for key, value in params.items()})
+            mlflow.log_params({key: param_text(value) for key, value in params.items()})
             mlflow.log_metrics(metrics)
             if study is not None:
                 self._log_trials(experiment_id, run.info.run_id, study)
@@ -176,7 +175,7 @@ class MlflowStore:
             client.log_batch(
                 run.info.run_id,
                 metrics=[Metric(name, value, ended, 0) for name, value in study_metrics(study).items()],
-                params=[Param(key, _param_value(value)) for key, value in params.items()],
+                params=[Param(key, param_text(value)) for key, value in params.items()],
                 tags=[RunTag(key, value) for key, value in study_tags(study).items()],
             )
             self._log_trials(experiment_id, run.info.run_id, study)
@@ -206,7 +205,7 @@ class MlflowStore:
             client.log_batch(
                 child.info.run_id,
                 metrics=[Metric(name, value, ended, 0) for name, value in trial_metrics(study, trial).items()],
-                params=[Param(key, _param_value(value)) for key, value in trial.params.items()],
+                params=[Param(key, param_text(value)) for key, value in trial.params.items()],
                 tags=[RunTag(key, value) for key, value in trial_tags.items()],
             )
             client.set_terminated(child.info.run_id, "FINISHED" if trial.value is not None else "FAILED", ended)
@@ -375,10 +374,6 @@ def trial_metrics(study, trial) -> dict[str, float]:
 
 def _milliseconds(moment) -> int:
     return round(moment.timestamp() * 1000)
-
-
-def _param_value(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 def library_types_in(model) -> list[str]:

@@ -104,6 +104,11 @@ def model_hash(model) -> str:
     return hashlib.sha256(pickle.dumps(model, protocol=PICKLE_PROTOCOL)).hexdigest()
 
 
+def param_text(value: Any) -> str:
+    """A param as every tracker records it: strings as they are, anything else as JSON (`null`, `0.5`)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 @dataclass(frozen=True)
 class ModelRunRecord:
     """What every tracker records of one fitted model (MLflow, and ClearML beside it): `artifacts`

@@ -1,0 +1,113 @@
+"""The pipeline with `tracking.backends: [mlflow, clearml]`: one batch materialized, and each model
+run is in both trackers with the same params, metrics and tags; MLflow's registry alone holds the champion."""
+
+from __future__ import annotations
+
+import pickle
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from ml_platform.lib.clearml_store import OfflineSession, offline_sessions
+from ml_platform.lib.config import ConfigError, PlatformConfig, validated_config
+from ml_platform_tests.conftest import PlatformUnderTest, small_config
+
+CLEARML_VARIABLES = ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY", "CLEARML_CACHE_DIR")
+
+
+def both_backends() -> PlatformConfig:
+    config = small_config(**{"tracking.backends": ["mlflow", "clearml"]})
+    # Two candidates keep the run short and still make a winner and a runner-up.
+    config.models = {name: config.models[name] for name in ("logistic_regression", "random_forest")}
+    return config
+
+
+@pytest.fixture(scope="module")
+def run(module_platform: PlatformUnderTest):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for name in CLEARML_VARIABLES:
+            monkeypatch.delenv(name, raising=False)
+        config = both_backends()
+        (batch,) = module_platform.write_batches(1, rows=600)
+        result = module_platform.materialize(batch, config=config)
+    assert result.success
+    sessions = offline_sessions(module_platform.settings.clearml_dir / "offline", config.tracking.experiment_name)
+    return module_platform, config, batch, result, {session.name: session for session in sessions}
+
+
+def model_metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)]
+    return {key: value.value for key, value in event.materialization.metadata.items()}
+
+
+def test_each_model_run_is_in_both_trackers_with_the_same_params_metrics_and_tags(run):
+    platform, config, batch, result, sessions = run
+    client = platform.mlflow(config).client()
+    assert set(sessions) == {f"logistic_regression-{batch}", f"random_forest-{batch}", f"evaluation-{batch}"}
+    for name in config.models:
+        metadata = model_metadata(result, f"{name}_model")
+        session: OfflineSession = sessions[f"{name}-{batch}"]
+        mlflow_run = client.get_run(metadata["mlflow_run_id"])
+
+        assert session.task_id == metadata["clearml_task_id"]
+        assert (session.status, session.task_type) == ("completed", "training")
+        labels = dict(tag.split(":", 1) for tag in session.tags)
+        assert labels == {
+            "batch": batch,
+            "data_hash": mlflow_run.data.tags["data_hash"],
+            "code_version": mlflow_run.data.tags["code_version"],
+            "config_hash": mlflow_run.data.tags["config_hash"],
+            "model": name,
+            "mlflow_run": mlflow_run.info.run_id,
+        }
+        every_tag = {
+            key.removeprefix("tags/"): value for key, value in session.parameters.items() if key[:5] == "tags/"
+        }
+        platform_tags = {key: value for key, value in mlflow_run.data.tags.items() if not key.startswith("mlflow.")}
+        assert every_tag == {**platform_tags, "mlflow_run_id": mlflow_run.info.run_id}
+        params = {
+            key.removeprefix("params/"): value for key, value in session.parameters.items() if key[:7] == "params/"
+        }
+        assert params == {key: value for key, value in mlflow_run.data.params.items()}
+        scalars = session.last_scalars()
+        assert np.isclose(scalars["roc_auc/test"], mlflow_run.data.metrics["roc_auc"])
+        assert np.isclose(scalars["roc_auc/validation"], mlflow_run.data.metrics["validation_roc_auc"])
+        assert set(session.artifacts) == {"training_ids", "batch_hashes", "config"}
+        (model,) = session.models
+        assert model.name == name
+        assert np.isclose(model.metadata["roc_auc"], mlflow_run.data.metrics["roc_auc"])
+        pipeline = pickle.loads(session.read_member(model.weights_member))
+        assert type(pipeline).__name__ == "Pipeline"
+
+
+def test_the_batch_evaluation_plots_go_to_an_evaluation_task_labelled_with_the_winner(run):
+    _, _, batch, result, sessions = run
+    evaluation = sessions[f"evaluation-{batch}"]
+    winner = model_metadata(result, "evaluation_report")["winner"]
+    assert (evaluation.task_type, evaluation.status) == ("qc", "completed")
+    assert f"winner:{winner}" in evaluation.tags and f"batch:{batch}" in evaluation.tags
+    assert {"evaluation/roc_curves", "evaluation/confusion_matrix"} <= set(evaluation.images)
+    assert "evaluation_report" in evaluation.artifacts
+
+
+def test_the_champion_is_still_decided_in_mlflow_registry(run):
+    platform, config, _, result, _ = run
+    champion = model_metadata(result, "champion_model")
+    version = platform.mlflow(config).client().get_model_version_by_alias("churn_classifier", "champion")
+    assert champion["champion_version"] == str(version.version) == "1"
+
+
+def test_backends_must_keep_mlflow_and_name_each_backend_once():
+    raw = small_config().model_dump(mode="json")
+    for backends, message in ((["clearml"], "must include mlflow"), (["mlflow", "mlflow"], "twice")):
+        raw["tracking"]["backends"] = backends
+        with pytest.raises(ConfigError, match=f"tracking.backends: .*{message}"):
+            validated_config(raw)
+    raw["tracking"]["backends"] = ["mlflow", "wandb"]
+    with pytest.raises(ConfigError, match="tracking.backends.1"):
+        validated_config(raw)
+
+
+def test_listing_clearml_changes_no_config_hash_and_so_no_model():
+    assert small_config(**{"tracking.backends": ["mlflow", "clearml"]}).config_hash() == small_config().config_hash()
