@@ -23,7 +23,8 @@ MLFLOW = str(Path(sys.executable).parent / "mlflow")
 
 
 class RecordingHTTPServer(ThreadingHTTPServer):
-    """Answers the first POSTs with `first` statuses, every later one with `status`; keeps what it received.
+    """Answers the first requests with `first` statuses, every later one with `status`; keeps what it
+    received (a GET with `json` None).
 
     `stop()` closes its port (connections are refused, as from a receiver that is down) and `start()`
     listens on the same port again, keeping what it received.
@@ -65,6 +66,12 @@ class _RecordingHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.server.received.append({"path": self.path, "headers": dict(self.headers), "json": json.loads(body)})
+        self.send_response(self.server.next_status())
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.server.received.append({"path": self.path, "headers": dict(self.headers), "json": None})
         self.send_response(self.server.next_status())
         self.send_header("Content-Length", "0")
         self.end_headers()

@@ -15,6 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from ml_platform.lib.clearml_store import (
+    BOUNDED_RETRIES,
     ClearMLTarget,
     ClearMLUnavailable,
     displayed_host,
@@ -229,6 +230,29 @@ def test_a_server_that_accepts_and_never_answers_fails_within_the_ping_timeout(
     server_environment(silent_server)
     with pytest.raises(TrackingError, match=r"did not answer within 8 s \(ReadTimeout\)"):
         compare_clearml_experiments("ml_platform/churn")
+
+
+def test_a_server_that_refuses_the_keys_fails_at_login_naming_the_variables_never_the_secret(
+    home: Path, server_environment, start_http_server
+):
+    server = start_http_server(401)
+    server_environment(server.url(""))
+    with pytest.raises(TrackingError) as raised, ClearMLTracker(small_config(), stage="train"):
+        pytest.fail("the block must not run")
+    assert "logging in with CLEARML_API_ACCESS_KEY and CLEARML_API_SECRET_KEY failed" in str(raised.value)
+    assert "error 401" in str(raised.value) and "s3cr3t" not in str(raised.value)
+    assert [request["path"] for request in server.received] == ["/debug.ping", "/auth.login"]
+
+
+def test_a_server_that_fails_every_request_is_retried_a_bounded_number_of_times(
+    home: Path, server_environment, start_http_server
+):
+    server = start_http_server(503)
+    server_environment(server.url(""))
+    with pytest.raises(TrackingError, match="too many 503 error responses"):
+        compare_registered_models("churn_classifier", "ml_platform/churn")
+    logins = [request for request in server.received if request["path"] == "/auth.login"]
+    assert len(logins) == 1 + BOUNDED_RETRIES["status"]  # ClearML's default would be 240 retries
 
 
 def test_a_half_configured_environment_is_refused_naming_what_is_missing(home: Path, monkeypatch):

@@ -116,9 +116,13 @@ def connect_to_server(api_host: str) -> None:
     """Ping the server at `api_host`, then log in once with bounded retries and make that ClearML's
     session for every request after. Raises ClearMLUnavailable within seconds when it cannot."""
     from clearml import Task
+    from clearml.backend_api import Session
 
     ping_server(api_host)
     if Task.is_offline():
+        # Going online reconnects every session ClearML made so far, each with its default retries;
+        # the offline ones have nothing to send, so they are forgotten first.
+        Session._sessions_weakrefs.clear()
         Task.set_offline(offline_mode=False)
     _use_bounded_session(api_host)
 
@@ -138,7 +142,8 @@ def _use_bounded_session(api_host: str) -> None:
         for secret in filter(None, secrets):
             message = message.replace(secret, "***")
         raise ClearMLUnavailable(
-            f"ClearML server {displayed_host(api_host)} refused the login with {' and '.join(KEY_VARIABLES)}: {message}"
+            f"ClearML server {displayed_host(api_host)} answered, but logging in with "
+            f"{' and '.join(KEY_VARIABLES)} failed: {message}"
         ) from None
     session._session_timeout = REQUEST_TIMEOUT_SECONDS
     InterfaceBase._set_default_session(session)
@@ -258,8 +263,7 @@ def open_task(
         allowed = ", ".join(member.value for member in Task.TaskTypes)
         raise ValueError(f"task_type {task_type!r} is not a ClearML task type; allowed: {allowed}")
     with _cache_dir(target):
-        # Offline is ClearML's process-wide mode, and left on: switching back reconnects every
-        # session ClearML made, with its own unbounded retries.
+        # Offline is ClearML's process-wide mode: switched to as needed, never back by itself.
         if not target.offline:
             connect_to_server(target.api_host)
         elif not Task.is_offline():
