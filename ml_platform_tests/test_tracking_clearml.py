@@ -91,7 +91,7 @@ def test_the_seed_example_writes_one_offline_session_holding_everything_it_logge
     assert session.parameters["libraries/scikit-learn"]
     assert 'primary_metric = "roc_auc"' in session.configuration["config"]  # ClearML keeps it as HOCON
     assert session.last_scalars() == {"val_rmse/validation": 0.29, "f1/validation": 0.61}
-    assert "fitted on batch_0001" in session.texts
+    assert "fitted on batch_0001" in session.log_lines
     assert session.read_member(session.artifacts["report"]["member"]) == b'{"rows": 10}'
     assert "logistic_regression" in session.artifacts["summary"]["preview"]
     (model,) = session.models
@@ -101,8 +101,11 @@ def test_the_seed_example_writes_one_offline_session_holding_everything_it_logge
         {"f1": 0.61, "batch": "batch_0001"},
     )
     assert pickle.loads(session.read_member(model.weights_member)) == {"weights": [1, 2, 3]}
-    # The zip is the session a server imports; ClearML's working folder beside it is removed.
-    assert [path.name for path in (home / "clearml" / "offline").iterdir()] == [f"{tracker.task_id}.zip"]
+    # The zip a server imports, and the folder ClearML's import reads the model's file from.
+    assert sorted(path.name for path in (home / "clearml" / "offline").iterdir()) == [
+        tracker.task_id,
+        f"{tracker.task_id}.zip",
+    ]
 
 
 def test_an_exception_in_the_block_leaves_a_failed_task_and_propagates(home: Path):

@@ -2,9 +2,10 @@
 back what was logged.
 
 With `CLEARML_API_HOST` and keys in the environment, tasks go to that ClearML server. Without them
-they are ClearML offline sessions: one zip per task under `<data dir>/clearml/offline/`, which
-`Task.import_offline_session(zip)` later uploads to a server as it is. Offline sessions are read
-back here from the zips themselves, so people without a server can still compare what they logged.
+they are ClearML offline sessions: one zip per task under `<data dir>/clearml/offline/` (and the
+folder it was made from), which `Task.import_offline_session(zip)` later uploads to a server as it
+is. Offline sessions are read back here from the zips, so people without a server can still compare
+what they logged.
 
 Dagster-free, like `mlflow_store`: `ml_platform.tracking.ClearMLTracker` and the pipeline's model
 steps both open tasks through `open_task`.
@@ -46,6 +47,15 @@ MAX_OFFLINE_SESSIONS = 500
 # ClearML caps a task's status reason; the platform keeps it to one readable line.
 MAX_STATUS_REASON_CHARS = 200
 SESSION_TASK_FILE = "task.json"
+# Nothing patched, nothing detected (ClearML hooks every listed framework and the repository unless
+# told not to, key by key; a key left out means yes).
+NO_AUTO_CONNECT = dict.fromkeys(
+    (
+        "matplotlib", "tensorflow", "tensorboard", "pytorch", "xgboost", "scikit", "fastai", "lightgbm",
+        "hydra", "detect_repository", "tfdefines", "joblib", "megengine", "catboost", "gradio",
+    ),
+    False,
+)  # fmt: skip
 
 
 class ClearMLUnavailable(RuntimeError):
@@ -276,7 +286,7 @@ def open_task(
             tags=list(tags),
             reuse_last_task_id=False,
             auto_connect_arg_parser=False,
-            auto_connect_frameworks=False,
+            auto_connect_frameworks=NO_AUTO_CONNECT,
             auto_resource_monitoring=False,
             auto_connect_streams=False,
         )
@@ -290,24 +300,19 @@ def open_task(
             opened.close()
         finally:
             if target.offline:
-                # The zip is the session (what a server imports); the folder beside it is a second copy.
-                _remove_tree(target.offline_dir / opened.id)
                 keep_newest_sessions(target.offline_dir, MAX_OFFLINE_SESSIONS)
 
 
-def _remove_tree(path: Path) -> None:
+def keep_newest_sessions(offline_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the `keep` newest offline sessions (by modification time), each a zip and the
+    folder beside it (ClearML's import reads a model's file from that folder); returns the zips deleted."""
     import shutil
 
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def keep_newest_sessions(offline_dir: Path, keep: int) -> list[Path]:
-    """Delete all but the `keep` newest offline sessions (by modification time); returns the deleted."""
     sessions = sorted(offline_dir.glob("*.zip"), key=lambda path: (path.stat().st_mtime, path.name))
     removed = sessions[: max(len(sessions) - keep, 0)]
     for path in removed:
         path.unlink(missing_ok=True)
-        _remove_tree(path.with_suffix(""))
+        shutil.rmtree(path.with_suffix(""), ignore_errors=True)
     return removed
 
 
@@ -441,7 +446,7 @@ class OfflineSession:
     artifacts: dict[str, dict[str, Any]]  # name -> {"type", "member" (a file in the zip), "preview"}
     scalars: tuple[Scalar, ...]
     images: tuple[str, ...]  # "title/series" of each reported image
-    texts: tuple[str, ...]
+    log_lines: tuple[str, ...]  # `log_text` messages and ClearML's own notes
     models: tuple[OfflineModel, ...]
     written: datetime = field(compare=False)
 
@@ -508,7 +513,8 @@ def read_offline_session(path: Path) -> OfflineSession:
         images=tuple(
             f"{event['metric']}/{event['variant']}" for event in events if event.get("type") == "training_debug_image"
         ),
-        texts=tuple(event["msg"] for event in logs if event.get("type") == "log"),
+        # ClearML batches log reports (one event may hold several lines), so lines are what is kept.
+        log_lines=tuple(line for event in logs if event.get("type") == "log" for line in event["msg"].splitlines()),
         models=tuple(
             OfflineModel(
                 model_id=model["id"],
