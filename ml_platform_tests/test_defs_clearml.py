@@ -1,5 +1,6 @@
 """The pipeline with `tracking.backends: [mlflow, clearml]`: one batch materialized, and each model
-run is in both trackers with the same params, metrics and tags; MLflow's registry alone holds the champion."""
+run (and an experiment's run on the batch) is in both trackers with the same params, metrics and
+tags; MLflow's registry alone holds the champion."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from ml_platform.lib.clearml_store import OfflineSession, offline_sessions
-from ml_platform.lib.config import ConfigError, PlatformConfig, validated_config
+from ml_platform.lib.config import ConfigError, PlatformConfig, load_experiment_config, validated_config
+from ml_platform.lib.settings import PROJECT_ROOT
 from ml_platform_tests.conftest import PlatformUnderTest, small_config
 
 CLEARML_VARIABLES = ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY", "CLEARML_CACHE_DIR")
@@ -111,3 +113,24 @@ def test_backends_must_keep_mlflow_and_name_each_backend_once():
 
 def test_listing_clearml_changes_no_config_hash_and_so_no_model():
     assert small_config(**{"tracking.backends": ["mlflow", "clearml"]}).config_hash() == small_config().config_hash()
+
+
+def test_an_experiment_run_is_logged_to_the_experiments_clearml_project_too(run):
+    from ml_platform.defs.definitions import build_definitions
+    from ml_platform.defs.experiments.jobs import experiment_run_config
+
+    platform, config, batch, _, _ = run
+    experiment = load_experiment_config(PROJECT_ROOT / "configs" / "experiment.yaml", ["model=logistic_regression"])
+    job = build_definitions(config, platform.settings).resolve_job_def("experiment")
+    result = job.execute_in_process(
+        run_config=experiment_run_config("7", "clearml-experiment", experiment),
+        partition_key=batch,
+        instance=platform.instance,
+    )
+
+    output = result.output_for_node("train_experiment")
+    (session,) = offline_sessions(platform.settings.clearml_dir / "offline", "clearml-experiment")
+    assert session.name == f"{experiment.name}-{batch}"
+    assert f"mlflow_run:{output['mlflow_run_id']}" in session.tags
+    assert session.parameters["tags/ml_platform.experiment_id"] == "7"
+    assert np.isclose(session.last_scalars()["f1/test"], output["metrics"]["f1"])

@@ -3,8 +3,8 @@
 `ml-platform experiment run` (and `ExperimentManager.run_experiment`) launch it with the experiment's
 validated config as run config, so each experiment run is in the Dagster UI with its config, logs
 and batch, and can be launched again from the launchpad. It reads the features the batch pipeline
-built and writes only to the experiment's own MLflow experiment: the pipeline's assets, models and
-champion are left as they are.
+built and writes only to the experiment's own MLflow experiment (and ClearML project, when
+`tracking.backends` lists ClearML): the pipeline's assets, models and champion are left as they are.
 """
 
 import dataclasses
@@ -15,10 +15,11 @@ from pydantic import Field, ValidationError
 
 from ml_platform.defs.partitions import batch_partitions
 from ml_platform.defs.retries import EXTERNAL_SYSTEM_RETRY, retry_only_transient
-from ml_platform.defs.training.assets import prepare_training_data, run_tags
+from ml_platform.defs.training.assets import clearml_store_for, log_run, prepare_training_data, run_tags
 from ml_platform.lib.config import ExperimentConfig, PlatformConfig, format_validation_error
 from ml_platform.lib.evaluation import score
 from ml_platform.lib.training import fit_model
+from ml_platform.resources.clearml_tracking import ClearMLTrackingResource
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
 from ml_platform.resources.warehouse import WarehouseResource
 
@@ -54,6 +55,7 @@ def build_experiment_job(platform: PlatformConfig) -> dg.JobDefinition:
         config: ExperimentRunConfig,
         warehouse: WarehouseResource,
         mlflow: MlflowTrackingResource,
+        clearml: ClearMLTrackingResource,
     ) -> dict:
         try:
             experiment = ExperimentConfig.model_validate(config.config)
@@ -77,7 +79,10 @@ def build_experiment_job(platform: PlatformConfig) -> dg.JobDefinition:
         fitted = fit_model(experiment.data.task, spec.type, spec.params, split, experiment.training.random_state)
         metrics = score(experiment.data.task, fitted.pipeline, split.x_test, split.y_test, experiment.data.classes)
         store = dataclasses.replace(mlflow.store, experiment_name=config.experiment_name)
-        run_id, model_uri = store.log_fitted_model(
+        clearml_store = clearml_store_for(platform, clearml)
+        if clearml_store is not None:
+            clearml_store = dataclasses.replace(clearml_store, project_name=config.experiment_name)
+        run = dict(
             run_name=f"{experiment.name}-{batch}",
             model_type=spec.type,
             fitted=fitted,
@@ -88,6 +93,7 @@ def build_experiment_job(platform: PlatformConfig) -> dg.JobDefinition:
             config=experiment,
             tags={**run_tags(context), "ml_platform.experiment_id": config.experiment_id, "batch": batch},
         )
+        run_id, model_uri, clearml_metadata = log_run(context, store, clearml_store, run)
         context.log.info(f"experiment {experiment.name} on {batch}: {metrics} (MLflow run {run_id})")
         context.add_output_metadata(
             {
@@ -95,6 +101,7 @@ def build_experiment_job(platform: PlatformConfig) -> dg.JobDefinition:
                 "mlflow_run": dg.MetadataValue.url(store.run_url(run_id)),
                 "model_uri": model_uri,
                 "config_hash": experiment.config_hash(),
+                **clearml_metadata,
             }
         )
         return {"mlflow_run_id": run_id, "model_uri": model_uri, "metrics": metrics, "batch": batch}

@@ -9,6 +9,7 @@ import dagster as dg
 from ml_platform.defs.partitions import batch_partitions
 from ml_platform.defs.retries import EXTERNAL_SYSTEM_RETRY, retry_only_transient
 from ml_platform.lib.batches import batches_up_to
+from ml_platform.lib.clearml_store import ClearMLStore
 from ml_platform.lib.config import (
     DataConfig,
     ModelSpec,
@@ -27,7 +28,7 @@ from ml_platform.lib.evaluation import (
     predict,
     score,
 )
-from ml_platform.lib.mlflow_store import study_metrics
+from ml_platform.lib.mlflow_store import MlflowStore, study_metrics
 from ml_platform.lib.provenance import frame_hash, reproduction_tags
 from ml_platform.lib.report_plots import PLOT_TITLES, image_markdown, objective_over_trials_figure, to_png
 from ml_platform.lib.training import TrainTestSplit, carve_validation, fit_model, split_train_test
@@ -188,8 +189,7 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
         mlflow: MlflowTrackingResource,
         clearml: ClearMLTrackingResource,
     ) -> dg.Output[TrainedCandidate]:
-        # Resolved first: a half-configured ClearML environment fails the step before any fitting.
-        clearml_store = clearml.store if "clearml" in platform.tracking.backends else None
+        clearml_store = clearml_store_for(platform, clearml)
         split = training_data.split
         params = {
             **canonical_param_names(spec.type, spec.params),
@@ -229,13 +229,8 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
             },
             batch_hashes=training_data.batch_hashes,
         )
-        run_id, model_uri = mlflow.store.log_fitted_model(**run, study=study)
+        run_id, model_uri, clearml_metadata = log_run(context, mlflow.store, clearml_store, run, study)
         context.log.info(f"{name}: {metrics} (MLflow run {run_id})")
-        clearml_metadata = {}
-        if clearml_store is not None:
-            task_id, _ = clearml_store.log_fitted_model(**{**run, "tags": {**run["tags"], "mlflow_run_id": run_id}})
-            context.log.info(f"{name}: logged to ClearML too (task {task_id})")
-            clearml_metadata = {"clearml_task_id": task_id}
         with warnings.catch_warnings():
             # `data_version` is beta in Dagster 1.13 and used here knowingly (see below); its warning
             # would print once per model on every `ml-platform run` and say nothing a user can act on.
@@ -267,6 +262,29 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
         return output
 
     return model_asset
+
+
+def clearml_store_for(platform: PlatformConfig, clearml: ClearMLTrackingResource) -> ClearMLStore | None:
+    """The ClearML store when `tracking.backends` lists it. Resolved before any fitting, so a
+    half-configured ClearML environment fails the step at once."""
+    return clearml.store if "clearml" in platform.tracking.backends else None
+
+
+def log_run(
+    context: dg.OpExecutionContext,
+    mlflow_store: MlflowStore,
+    clearml_store: ClearMLStore | None,
+    run: dict[str, Any],
+    study: StudyResult | None = None,
+) -> tuple[str, str, dict[str, str]]:
+    """A model run logged to MLflow, then to ClearML when the config lists it (tagged with the MLflow
+    run's id). Returns the MLflow run id, the model URI and the metadata naming the ClearML task."""
+    run_id, model_uri = mlflow_store.log_fitted_model(**run, study=study)
+    if clearml_store is None:
+        return run_id, model_uri, {}
+    task_id, _ = clearml_store.log_fitted_model(**{**run, "tags": {**run["tags"], "mlflow_run_id": run_id}})
+    context.log.info(f"{run['run_name']}: logged to ClearML too (task {task_id})")
+    return run_id, model_uri, {"clearml_task_id": task_id}
 
 
 def study_metadata(study: StudyResult) -> dict[str, dg.MetadataValue]:
