@@ -40,7 +40,7 @@ from ml_platform.lib.evaluation import (
     unfair_comparison,
 )
 from ml_platform.lib.ingestion import ingest_batch
-from ml_platform.lib.provenance import frame_hash, reproduction_tags
+from ml_platform.lib.provenance import frame_hash, model_run_record, reproduction_tags
 from ml_platform.lib.settings import Settings
 from ml_platform.lib.training import carve_validation, fit_model, split_train_test
 
@@ -138,16 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         scores[name], fit_seconds[name] = metrics, fitted.fit_seconds
         lap(f"{name}_fit_score")
         if store:
-            logged[name] = store.log_fitted_model(
-                run_name=f"{name}-{batch_id}",
-                model_type=spec.type,
-                fitted=fitted,
-                metrics={**metrics, **{f"validation_{m}": value for m, value in validation_scores[name].items()}},
-                split=split,
-                training=training,
-                data_hash=data_hash,
-                config=config,
-                tags={
+            record = model_run_record(
+                spec.type,
+                fitted,
+                {**metrics, **{f"validation_{m}": value for m, value in validation_scores[name].items()}},
+                split,
+                training,
+                data_hash,
+                config,
+                {
                     "dagster.run_id": fake_run_id,
                     "dagster.asset_key": f"{name}_model",
                     "dagster.partition": batch_id,
@@ -155,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                     "benchmark": "floor",
                     **reproduction_tags(fitted, held_out[name]),
                 },
-                batch_hashes={batch_id: summary.content_hash},
+                {batch_id: summary.content_hash},
             )
+            logged[name] = store.log_fitted_model(f"{name}-{batch_id}", record, fitted, split)
             store.run_url(logged[name][0])
             lap(f"{name}_mlflow")
 

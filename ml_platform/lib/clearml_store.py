@@ -30,7 +30,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ml_platform.lib.provenance import ModelRunRecord
 from urllib.parse import urlsplit
 
 HOST_VARIABLE = "CLEARML_API_HOST"
@@ -355,28 +358,17 @@ class ClearMLStore:
     target: ClearMLTarget
     project_name: str
 
-    def log_fitted_model(
-        self,
-        run_name: str,
-        model_type: str,
-        fitted,
-        metrics: dict[str, float],
-        split,
-        training,
-        data_hash: str,
-        config,
-        tags: dict[str, str],
-        batch_hashes: dict[str, str | None] | None = None,
-    ) -> tuple[str, str]:
-        """A task named `run_name` holding what the model's MLflow run holds (`model_run_record`):
-        params, metrics, every tag, the config and provenance files, and the fitted pipeline as an
-        output model named after the model. Returns (task id, model id)."""
+    def log_fitted_model(self, run_name: str, record: ModelRunRecord, fitted) -> tuple[str, str]:
+        """A task named `run_name` holding what the model's MLflow run holds (`record`): params,
+        metrics, every tag, the config and provenance files, and the fitted pipeline as an output
+        model named after the model. Returns (task id, model id)."""
         import pickle
         import tempfile
 
-        from ml_platform.lib.provenance import PICKLE_PROTOCOL, model_run_record, param_text
+        from ml_platform.lib.provenance import PICKLE_PROTOCOL, param_text
 
-        record = model_run_record(model_type, fitted, metrics, split, training, data_hash, config, tags, batch_hashes)
+        model_type = record.params["model_type"]
+        model_name = record.tags.get("model_name", model_type)
         labels = task_labels(record.tags)
         with open_task(self.target, self.project_name, run_name, "training", labels) as task:
             task.connect("params", {key: param_text(value) for key, value in record.params.items()})
@@ -386,11 +378,9 @@ class ClearMLStore:
             for name, content in record.artifacts.items():
                 task.upload_artifact(Path(name).stem, content)
             with tempfile.TemporaryDirectory() as folder:
-                path = Path(folder) / f"{tags.get('model_name', model_type)}.pkl"
+                path = Path(folder) / f"{model_name}.pkl"
                 path.write_bytes(pickle.dumps(fitted.pipeline, protocol=PICKLE_PROTOCOL))
-                model_id = task.register_model(
-                    path, tags.get("model_name", model_type), {"model_type": model_type, **metrics}, labels
-                )
+                model_id = task.register_model(path, model_name, {"model_type": model_type, **record.metrics}, labels)
         return task.id, model_id
 
     def log_evaluation(self, batch: str, winner: str, files: Sequence[Path], tags: Mapping[str, str]) -> str:

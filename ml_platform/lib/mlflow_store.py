@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from filelock import FileLock
 
-from ml_platform.lib.provenance import TRAINING_IDS_ARTIFACT, model_run_record, param_text
+from ml_platform.lib.provenance import TRAINING_IDS_ARTIFACT, ModelRunRecord, param_text
 from ml_platform.lib.registry import set_alias
 
 
@@ -130,26 +130,10 @@ class MlflowStore:
             info = mlflow.sklearn.log_model(model, name="model", **model_args)
         return run.info.run_id, info.model_uri
 
-    def log_fitted_model(
-        self,
-        run_name: str,
-        model_type: str,
-        fitted,
-        metrics: dict[str, float],
-        split,
-        training,
-        data_hash: str,
-        config,
-        tags: dict[str, str],
-        study=None,
-        batch_hashes: dict[str, str | None] | None = None,
-    ) -> tuple[str, str]:
-        """One run for a model fitted on `split` (`lib.training`), with its provenance: params, held-out
-        metrics, the data hash, code and library versions, the resolved config and its hash, and the
-        content hash of each batch file it was trained on when `batch_hashes` are given.
-        `config` is a PlatformConfig or ExperimentConfig, `training` its TrainingConfig; the trials
-        of `study`, when the params were tuned, as nested runs."""
-        record = model_run_record(model_type, fitted, metrics, split, training, data_hash, config, tags, batch_hashes)
+    def log_fitted_model(self, run_name: str, record: ModelRunRecord, fitted, split, study=None) -> tuple[str, str]:
+        """One run for a model fitted on `split` (`lib.training`) with its provenance `record`
+        (`model_run_record`), the fitted pipeline with an input example, and the trials of `study`,
+        when the params were tuned, as nested runs. Returns (run_id, model_uri)."""
         return self.log_model_run(
             run_name=run_name,
             params=record.params,

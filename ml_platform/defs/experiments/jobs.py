@@ -18,6 +18,7 @@ from ml_platform.defs.retries import EXTERNAL_SYSTEM_RETRY, retry_only_transient
 from ml_platform.defs.training.assets import clearml_store_for, log_run, prepare_training_data, run_tags
 from ml_platform.lib.config import ExperimentConfig, PlatformConfig, format_validation_error
 from ml_platform.lib.evaluation import score
+from ml_platform.lib.provenance import model_run_record
 from ml_platform.lib.training import fit_model
 from ml_platform.resources.clearml_tracking import ClearMLTrackingResource
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
@@ -82,18 +83,19 @@ def build_experiment_job(platform: PlatformConfig) -> dg.JobDefinition:
         clearml_store = clearml_store_for(platform, clearml)
         if clearml_store is not None:
             clearml_store = dataclasses.replace(clearml_store, project_name=config.experiment_name)
-        run = dict(
-            run_name=f"{experiment.name}-{batch}",
-            model_type=spec.type,
-            fitted=fitted,
-            metrics=metrics,
-            split=split,
-            training=experiment.training,
-            data_hash=training_data.data_hash,
-            config=experiment,
-            tags={**run_tags(context), "ml_platform.experiment_id": config.experiment_id, "batch": batch},
+        record = model_run_record(
+            spec.type,
+            fitted,
+            metrics,
+            split,
+            experiment.training,
+            training_data.data_hash,
+            experiment,
+            {**run_tags(context), "ml_platform.experiment_id": config.experiment_id, "batch": batch},
         )
-        run_id, model_uri, clearml_metadata = log_run(context, store, clearml_store, run)
+        run_id, model_uri, clearml_metadata = log_run(
+            context, store, clearml_store, f"{experiment.name}-{batch}", record, fitted, split
+        )
         context.log.info(f"experiment {experiment.name} on {batch}: {metrics} (MLflow run {run_id})")
         context.add_output_metadata(
             {

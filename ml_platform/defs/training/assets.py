@@ -1,5 +1,6 @@
 """Training: the seeded train/test split and one model asset per configured algorithm."""
 
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,9 +30,9 @@ from ml_platform.lib.evaluation import (
     score,
 )
 from ml_platform.lib.mlflow_store import MlflowStore, study_metrics
-from ml_platform.lib.provenance import frame_hash, reproduction_tags
+from ml_platform.lib.provenance import ModelRunRecord, frame_hash, model_run_record, reproduction_tags
 from ml_platform.lib.report_plots import PLOT_TITLES, image_markdown, objective_over_trials_figure, to_png
-from ml_platform.lib.training import TrainTestSplit, carve_validation, fit_model, split_train_test
+from ml_platform.lib.training import FittedModel, TrainTestSplit, carve_validation, fit_model, split_train_test
 from ml_platform.lib.tuning import StudyResult, run_study, search_left_after, trials_markdown
 from ml_platform.resources.clearml_tracking import ClearMLTrackingResource
 from ml_platform.resources.mlflow_tracking import MlflowTrackingResource
@@ -208,28 +209,30 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
         metrics = metrics_of(task, split.y_test, held_out)
         validation_metrics = score(task, fitted.pipeline, split.x_validation, split.y_validation, classes)
         per_class = per_class_metrics(split.y_test, held_out) if held_out.multiclass else {}
-        run = dict(
-            run_name=f"{name}-{context.partition_key}",
-            model_type=spec.type,
-            fitted=fitted,
-            metrics={
+        record = model_run_record(
+            spec.type,
+            fitted,
+            {
                 **metrics,
                 **{f"validation_{metric}": value for metric, value in validation_metrics.items()},
                 **per_class_run_metrics(per_class),
             },
-            split=split,
-            training=platform.training,
-            data_hash=training_data.data_hash,
-            config=platform,
-            tags={
+            split,
+            platform.training,
+            training_data.data_hash,
+            platform,
+            {
                 **run_tags(context),
                 "model_name": name,
                 "dagster.asset_key": context.asset_key.to_user_string(),
                 **reproduction_tags(fitted, held_out),
             },
-            batch_hashes=training_data.batch_hashes,
+            training_data.batch_hashes,
         )
-        run_id, model_uri, clearml_metadata = log_run(context, mlflow.store, clearml_store, run, study)
+        run_name = f"{name}-{context.partition_key}"
+        run_id, model_uri, clearml_metadata = log_run(
+            context, mlflow.store, clearml_store, run_name, record, fitted, split, study
+        )
         context.log.info(f"{name}: {metrics} (MLflow run {run_id})")
         with warnings.catch_warnings():
             # `data_version` is beta in Dagster 1.13 and used here knowingly (see below); its warning
@@ -274,16 +277,20 @@ def log_run(
     context: dg.OpExecutionContext,
     mlflow_store: MlflowStore,
     clearml_store: ClearMLStore | None,
-    run: dict[str, Any],
+    run_name: str,
+    record: ModelRunRecord,
+    fitted: FittedModel,
+    split: TrainTestSplit,
     study: StudyResult | None = None,
 ) -> tuple[str, str, dict[str, str]]:
     """A model run logged to MLflow, then to ClearML when the config lists it (tagged with the MLflow
     run's id). Returns the MLflow run id, the model URI and the metadata naming the ClearML task."""
-    run_id, model_uri = mlflow_store.log_fitted_model(**run, study=study)
+    run_id, model_uri = mlflow_store.log_fitted_model(run_name, record, fitted, split, study)
     if clearml_store is None:
         return run_id, model_uri, {}
-    task_id, _ = clearml_store.log_fitted_model(**{**run, "tags": {**run["tags"], "mlflow_run_id": run_id}})
-    context.log.info(f"{run['run_name']}: logged to ClearML too (task {task_id})")
+    tagged = dataclasses.replace(record, tags={**record.tags, "mlflow_run_id": run_id})
+    task_id, _ = clearml_store.log_fitted_model(run_name, tagged, fitted)
+    context.log.info(f"{run_name}: logged to ClearML too (task {task_id})")
     return run_id, model_uri, {"clearml_task_id": task_id}
 
 
