@@ -5,6 +5,7 @@ tags; MLflow's registry alone holds the champion."""
 from __future__ import annotations
 
 import pickle
+import socket
 
 import dagster as dg
 import numpy as np
@@ -134,3 +135,28 @@ def test_an_experiment_run_is_logged_to_the_experiments_clearml_project_too(run)
     assert f"mlflow_run:{output['mlflow_run_id']}" in session.tags
     assert session.parameters["tags/ml_platform.experiment_id"] == "7"
     assert np.isclose(session.last_scalars()["f1/test"], output["metrics"]["f1"])
+
+
+def test_a_clearml_server_that_does_not_answer_fails_the_model_step_before_its_mlflow_run(run, monkeypatch):
+    platform, config, _, _, _ = run
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("CLEARML_API_HOST", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("CLEARML_API_ACCESS_KEY", "key")
+    monkeypatch.setenv("CLEARML_API_SECRET_KEY", "secret")
+    (batch,) = platform.write_batches(1, rows=600, first=2)
+
+    result = platform.materialize(batch, config=config, raise_on_error=False)
+
+    assert not result.success
+    failures = [event for event in result.all_events if event.is_step_failure]
+    assert {failure.step_key for failure in failures} == {"logistic_regression_model", "random_forest_model"}
+    for failure in failures:
+        assert f"ClearML server http://127.0.0.1:{port} did not answer" in failure.step_failure_data.error.message
+    runs = (
+        platform.mlflow(config)
+        .client()
+        .search_runs([platform.mlflow(config).experiment_id()], f"tags.`dagster.partition` = '{batch}'")
+    )
+    assert runs == []

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from ml_platform.lib.provenance import ModelRunRecord
-from urllib.parse import urlsplit
 
 HOST_VARIABLE = "CLEARML_API_HOST"
 KEY_VARIABLES = ("CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY")

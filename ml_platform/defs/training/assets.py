@@ -10,7 +10,7 @@ import dagster as dg
 from ml_platform.defs.partitions import batch_partitions
 from ml_platform.defs.retries import EXTERNAL_SYSTEM_RETRY, retry_only_transient
 from ml_platform.lib.batches import batches_up_to
-from ml_platform.lib.clearml_store import ClearMLStore
+from ml_platform.lib.clearml_store import ClearMLStore, ping_server
 from ml_platform.lib.config import (
     DataConfig,
     ModelSpec,
@@ -268,9 +268,15 @@ def build_model_asset(platform: PlatformConfig, name: str, spec: ModelSpec) -> d
 
 
 def clearml_store_for(platform: PlatformConfig, clearml: ClearMLTrackingResource) -> ClearMLStore | None:
-    """The ClearML store when `tracking.backends` lists it. Resolved before any fitting, so a
-    half-configured ClearML environment fails the step at once."""
-    return clearml.store if "clearml" in platform.tracking.backends else None
+    """The ClearML store when `tracking.backends` lists it. Resolved, and a configured server pinged,
+    before any fitting: a half-configured environment or a server that does not answer fails the
+    step at once, before its MLflow run is logged."""
+    if "clearml" not in platform.tracking.backends:
+        return None
+    store = clearml.store
+    if not store.target.offline:
+        ping_server(store.target.api_host)
+    return store
 
 
 def log_run(
