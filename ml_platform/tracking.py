@@ -396,7 +396,7 @@ class ClearMLTracker:
         self._open = open_task(clearml_target(), self.project_name, self.stage, self.task_type, tags)
         try:
             self._task = self._open.__enter__()
-        except ClearMLUnavailable as error:
+        except (ClearMLUnavailable, ValueError) as error:  # no server, or a task that cannot be opened
             raise TrackingError(str(error)) from None
         self.task_id = self._task.id
         self._task.connect_configuration("config", self.config.loggable())

@@ -166,6 +166,18 @@ def test_using_the_tracker_outside_its_block_is_an_error(home: Path):
         tracker.log_text("too early")
 
 
+def test_an_unknown_task_type_or_a_second_open_task_is_refused(home: Path):
+    with pytest.raises(TrackingError, match="task_type 'fit' is not a ClearML task type; allowed: training, testing"):
+        ClearMLTracker(small_config(), stage="train", task_type="fit").__enter__()
+    with (
+        ClearMLTracker(small_config(), stage="outer") as outer,
+        pytest.raises(TrackingError, match=f"a ClearML task is already open in this process \\({outer.task_id}\\)"),
+        ClearMLTracker(small_config(), stage="inner"),
+    ):
+        pass
+    assert [session.name for session in sessions(home)] == ["outer"]
+
+
 # ---------------------------------------------------------------- a configured server
 
 

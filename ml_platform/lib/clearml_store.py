@@ -271,7 +271,7 @@ def open_task(
     from clearml import Task
 
     if (current := Task.current_task()) is not None:
-        raise RuntimeError(f"a ClearML task is already open in this process ({current.id}): close it first")
+        raise ValueError(f"a ClearML task is already open in this process ({current.id}): close it first")
     if task_type not in {member.value for member in Task.TaskTypes}:
         allowed = ", ".join(member.value for member in Task.TaskTypes)
         raise ValueError(f"task_type {task_type!r} is not a ClearML task type; allowed: {allowed}")
