@@ -14,7 +14,7 @@ import pytest
 from ml_platform.lib.clearml_store import OfflineSession, offline_sessions
 from ml_platform.lib.config import ConfigError, PlatformConfig, load_experiment_config, validated_config
 from ml_platform.lib.settings import PROJECT_ROOT
-from ml_platform_tests.conftest import PlatformUnderTest, small_config
+from ml_platform_tests.conftest import Cli, PlatformUnderTest, small_config
 
 CLEARML_VARIABLES = ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_API_SECRET_KEY", "CLEARML_CACHE_DIR")
 
@@ -135,6 +135,26 @@ def test_an_experiment_run_is_logged_to_the_experiments_clearml_project_too(run)
     assert f"mlflow_run:{output['mlflow_run_id']}" in session.tags
     assert session.parameters["tags/ml_platform.experiment_id"] == "7"
     assert np.isclose(session.last_scalars()["f1/test"], output["metrics"]["f1"])
+
+
+def test_the_cli_lists_the_tasks_and_model_versions_logged_offline(run, tmp_path):
+    platform, config, batch, _, sessions = run
+    cli = Cli(tmp_path / "cli", config)
+    cli.overrides["ML_PLATFORM_HOME"] = str(platform.settings.home)
+
+    printed = cli("clearml", "tasks").stdout
+    assert f"random_forest-{batch}" in printed and "roc_auc/test" in printed
+    listed = cli.json("clearml", "tasks", "--metric", "f1/test")
+    assert {row["name"] for row in listed} == set(sessions)
+    assert {row["name"]: row["f1/test"] is None for row in listed} == {  # JSON's null, not NaN
+        name: name.startswith("evaluation-") for name in sessions
+    }
+    (version,) = cli.json("clearml", "models", "random_forest")
+    assert (version["version"], version["task_name"]) == (1, f"random_forest-{batch}")
+    assert (
+        "no ClearML model 'nothing' in project 'ml_platform/churn'"
+        in cli("clearml", "models", "nothing", exit_code=2).stderr
+    )
 
 
 def test_a_clearml_server_that_does_not_answer_fails_the_model_step_before_its_mlflow_run(run, monkeypatch):

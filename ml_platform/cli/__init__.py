@@ -1,6 +1,6 @@
 """The `ml-platform` command: demo data, batches (partitions), pipeline runs, the champion.
 Experiments are in `cli/experiments.py`, registered models in `cli/models.py`, the UIs in `cli/ui.py`,
-`reproduce` in `cli/reproduce.py`.
+`reproduce` in `cli/reproduce.py`, ClearML's side in `cli/clearml.py`.
 
 Heavy imports (Dagster, MLflow, scikit-learn) happen inside the commands that need them, so
 `ml-platform --help` answers at once.
@@ -20,6 +20,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ml_platform.cli.clearml import clearml_app
 from ml_platform.cli.cluster import cluster_app, use_cluster
 from ml_platform.cli.common import console, dagster_instance, fail, load_platform_config
 from ml_platform.cli.experiments import experiment_app, experiments_app
@@ -36,6 +37,7 @@ from ml_platform.lib.settings import Settings
 app = typer.Typer(help="ml_platform: batches of data to evaluated, registered models.", no_args_is_help=True)
 batches_app = typer.Typer(help="Batches: the partitions of the pipeline.", no_args_is_help=True)
 app.add_typer(batches_app, name="batches")
+app.add_typer(clearml_app, name="clearml")
 app.add_typer(cluster_app, name="cluster")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(experiments_app, name="experiments")

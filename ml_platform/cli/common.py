@@ -41,8 +41,19 @@ def dagster_instance(settings: Settings):
 
 
 def print_json(content: Any) -> None:
-    """JSON on stdout, plain (no colours or wrapping), for scripts."""
-    sys.stdout.write(json.dumps(content, indent=2, default=str) + "\n")
+    """JSON on stdout, plain (no colours or wrapping), for scripts. A missing number (NaN, as pandas
+    gives a run without a metric) is `null`: `NaN` is not JSON, and jq or a browser refuse it."""
+    sys.stdout.write(json.dumps(_nan_as_null(content), indent=2, default=str, allow_nan=False) + "\n")
+
+
+def _nan_as_null(content: Any) -> Any:
+    if isinstance(content, float) and content != content:
+        return None
+    if isinstance(content, dict):
+        return {key: _nan_as_null(value) for key, value in content.items()}
+    if isinstance(content, list | tuple):
+        return [_nan_as_null(value) for value in content]
+    return content
 
 
 def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
