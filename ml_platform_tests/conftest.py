@@ -23,11 +23,12 @@ from pathlib import Path
 from unittest import mock
 
 import dagster as dg
+import duckdb
 import pytest
 import yaml
 from dagster._core.storage.defs_state.base import set_defs_state_storage
 
-from ml_platform.lib.config import PlatformConfig, load_config
+from ml_platform.lib.config import DataConfig, PlatformConfig, load_config
 from ml_platform.lib.demo_data import write_demo_batches
 from ml_platform.lib.settings import DEFAULT_CONFIG_PATH, PROJECT_ROOT, Settings
 from ml_platform_tests.servers import RecordingHTTPServer, http_servers
@@ -195,6 +196,19 @@ class PlatformUnderTest:
         from ml_platform.defs.definitions import build_resources
 
         return build_resources(config or self.config, self.settings)["mlflow"].process_config_and_initialize().store
+
+
+@pytest.fixture(scope="module")
+def data() -> DataConfig:
+    """The default config's data set and its contract (the demo churn data)."""
+    return load_config(DEFAULT_CONFIG_PATH).data
+
+
+@pytest.fixture
+def con() -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB connection, closed after the test."""
+    with duckdb.connect() as connection:
+        yield connection
 
 
 @pytest.fixture(scope="session")

@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 import pytest
 
-from ml_platform.lib.config import DataConfig, load_config
+from ml_platform.lib.config import DataConfig
 from ml_platform.lib.demo_data import generate_churn_batch, write_demo_batches
 from ml_platform.lib.ingestion import SQL_TYPES, BatchSummary, BatchValidationError, ingest_batch
-from ml_platform.lib.settings import DEFAULT_CONFIG_PATH
 
 ROWS = 40
-
-
-@pytest.fixture(scope="module")
-def data() -> DataConfig:
-    return load_config(DEFAULT_CONFIG_PATH).data
-
-
-@pytest.fixture
-def con() -> Iterator[duckdb.DuckDBPyConnection]:
-    with duckdb.connect() as connection:
-        yield connection
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 
-from ml_platform.lib.config import DataConfig, load_config
+from ml_platform.lib.config import DataConfig
 from ml_platform.lib.demo_data import write_demo_batches
 from ml_platform.lib.ingestion import BatchValidationError, ingest_batch
 from ml_platform.lib.predictions import (
@@ -23,21 +20,9 @@ from ml_platform.lib.predictions import (
     prediction_frame,
     score_quantiles,
 )
-from ml_platform.lib.settings import DEFAULT_CONFIG_PATH
 
 MODEL = ScoringModel("churn_classifier", "7", "0123abcd")
 IDS = pd.Series(["a", "b", "c", "d"], name="customer_id")
-
-
-@pytest.fixture(scope="module")
-def data() -> DataConfig:
-    return load_config(DEFAULT_CONFIG_PATH).data
-
-
-@pytest.fixture
-def con() -> Iterator[duckdb.DuckDBPyConnection]:
-    with duckdb.connect() as connection:
-        yield connection
 
 
 # ---------------------------------------------------------------- model references

@@ -4,10 +4,8 @@ and batches too small to split."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -56,12 +54,6 @@ def excel_csv(frame: pd.DataFrame, path: Path) -> Path:
     """What Excel's "CSV UTF-8" and pandas' `to_csv(encoding="utf-8-sig")` write: a BOM, CRLF."""
     frame.to_csv(path, index=False, encoding="utf-8-sig", lineterminator="\r\n")
     return path
-
-
-@pytest.fixture
-def con() -> Iterator[duckdb.DuckDBPyConnection]:
-    with duckdb.connect() as connection:
-        yield connection
 
 
 @pytest.fixture(scope="module")
