@@ -109,6 +109,11 @@ def param_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def provenance_tags(data_hash: str, config: PlatformConfig | ExperimentConfig) -> dict[str, str]:
+    """What ties a tracked run to what made it: the data, the code and the config."""
+    return {"data_hash": data_hash, "code_version": code_version(), "config_hash": config.config_hash()}
+
+
 @dataclass(frozen=True)
 class ModelRunRecord:
     """What every tracker records of one fitted model (MLflow, and ClearML beside it): `artifacts`
@@ -146,9 +151,7 @@ def model_run_record(
         },
         metrics={**metrics, "fit_seconds": fitted.fit_seconds},
         tags={
-            "data_hash": data_hash,
-            "code_version": code_version(),
-            "config_hash": config.config_hash(),
+            **provenance_tags(data_hash, config),
             **{f"lib.{lib}": version for lib, version in library_versions().items()},
             **split.provenance.as_tags(),
             **tags,

@@ -19,7 +19,7 @@ import dagster as dg
 from ml_platform.defs.partitions import batch_partitions
 from ml_platform.defs.training.assets import TrainingData
 from ml_platform.lib.config import PlatformConfig
-from ml_platform.lib.provenance import code_version
+from ml_platform.lib.provenance import provenance_tags
 from ml_platform.lib.report_plots import (
     PLOT_TITLES,
     BatchOutcome,
@@ -101,12 +101,7 @@ def publish_evaluation_plots(
             mlflow.store.log_artifacts(winner_run, files, artifact_path=ARTIFACT_PATH)
     if files and "clearml" in config.tracking.backends:
         with _warn_on_failure(context, "logging the plots to ClearML"):
-            tags = {
-                "dagster.partition": batch,
-                "data_hash": training_data.data_hash,
-                "code_version": code_version(),
-                "config_hash": config.config_hash(),
-            }
+            tags = {"dagster.partition": batch, **provenance_tags(training_data.data_hash, config)}
             task_id = clearml.store.log_evaluation(batch, report["winner"], files, tags)
             context.log.info(f"evaluation plots logged to ClearML (task {task_id})")
     metadata = {
