@@ -7,6 +7,7 @@ from __future__ import annotations
 import pickle
 import signal
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -119,6 +120,21 @@ def test_an_exception_in_the_block_leaves_a_failed_task_and_propagates(home: Pat
     assert session.status == "failed"
     assert session.status_reason == "ZeroDivisionError: division by zero"
     assert session.last_scalars() == {"f1/validation": 0.5}  # what was logged before the failure is kept
+
+
+def test_a_sys_exit_between_two_tasks_does_not_cost_the_second_its_metrics(home: Path):
+    # ClearML keeps `sys.exit` wrapped after a task closes and remembers the last exit code; a
+    # command that exits 2 (click does, under typer's CliRunner) made the next task close as failed,
+    # without flushing its scalars.
+    with ClearMLTracker(small_config(), stage="first"):
+        pass
+    with pytest.raises(SystemExit):
+        sys.exit(2)
+    with ClearMLTracker(small_config(), stage="second") as tracker:
+        tracker.log_metrics({"f1": 0.5}, series="validation", iteration=0)
+
+    second = next(session for session in sessions(home) if session.name == "second")
+    assert (second.status, second.last_scalars()) == ("completed", {"f1/validation": 0.5})
 
 
 def test_the_compare_functions_read_the_offline_sessions(home: Path, model_file: Path):

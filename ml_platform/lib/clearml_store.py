@@ -282,6 +282,7 @@ def open_task(
         elif not Task.is_offline():
             Task.set_offline(offline_mode=True)
         Task._report_subprocess_enabled = False  # see the module's docstring
+        _forget_earlier_exits(Task)
         task = Task.init(
             project_name=project_name,
             task_name=task_name,
@@ -304,6 +305,16 @@ def open_task(
         finally:
             if target.offline:
                 keep_newest_sessions(target.offline_dir, MAX_OFFLINE_SESSIONS)
+
+
+def _forget_earlier_exits(task_class) -> None:
+    """ClearML wraps `sys.exit` once per process and keeps one record of the last exit code,
+    exception and signal, which it reads when a task closes. A `sys.exit(2)` after an earlier task
+    (click's, in a command run in-process) made the next task close as if the process were dying:
+    failed, and without flushing its metrics. Each task starts with a clean record."""
+    hooks = getattr(task_class, "_Task__exit_hook", None)
+    if hooks is not None:
+        hooks.exit_code = hooks.exception = hooks.signal = None
 
 
 def keep_newest_sessions(offline_dir: Path, keep: int) -> list[Path]:
